@@ -44,6 +44,11 @@ class ConnectionClosed(TrioEchoError):
 class RemoteError(TrioEchoError):
     """The server answered a call with an error.
 
+    Clients raise the subclass for the code (``except trio_echo.UnknownMethod``).
+    A handler may raise one too, to answer with that code and message::
+
+        raise trio_echo.InvalidParams("seconds must be between 0 and 60")
+
     Attributes:
         code: the wire error code (a str, see :class:`trio_echo.wire.ErrorCode`).
         message: the server's human-readable explanation.
@@ -53,9 +58,10 @@ class RemoteError(TrioEchoError):
     #: The error code this class stands for (``None`` on the base class).
     code_name: ClassVar[str | None] = None
 
-    def __init__(self, code: str, message: str, data: Any = None) -> None:
+    def __init__(self, message: str, data: Any = None, *, code: str | None = None) -> None:
+        code = code or self.code_name or ErrorCode.INTERNAL
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code: str = str(code)
         self.message = message
         self.data = data
 
@@ -133,4 +139,4 @@ _BY_CODE: dict[str, type[RemoteError]] = {
 
 def remote_error(code: str, message: str, data: Any = None) -> RemoteError:
     """The :class:`RemoteError` subclass for ``code`` (the base class for unknown codes)."""
-    return _BY_CODE.get(code, RemoteError)(code, message, data)
+    return _BY_CODE.get(code, RemoteError)(message, data, code=code)

@@ -1,0 +1,10 @@
+"""``python -m trio_echo`` runs the command line."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
