@@ -1,10 +1,226 @@
-"""``trio-echo serve``: placeholder."""
+"""``trio-echo serve``: run a server until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
 from typing import Any
+
+import trio
+
+from . import wire
+from ._server import Server
+from ._service import Service
+
+__all__ = ["configure", "load_app", "run"]
+
+log = logging.getLogger("trio_echo")
+
+DEFAULT_PORT = 7000
 
 
 def configure(sub: Any) -> None:
     """Add the ``serve`` subcommand."""
-    sub.add_parser("serve", help="run a server (not implemented yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run a server",
+        description=(
+            "Serve the built-in methods (echo, ping, sleep, stats, methods) and an "
+            "optional user service. One port serves framed clients, plain msgpack-rpc "
+            "streams and raw echo (netcat). SIGINT/SIGTERM shut down gracefully; a "
+            "second signal exits at once."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0 = any free port)")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "framed", "mprpc", "raw"],
+        default="auto",
+        help="auto tells the three connection kinds apart by their first bytes; "
+        "the others pin one kind",
+    )
+    p.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="a trio_echo.Service to serve beside the built-ins, e.g. mymodule:service",
+    )
+    p.add_argument(
+        "--max-frame",
+        type=_positive_int,
+        default=wire.DEFAULT_MAX_FRAME,
+        metavar="BYTES",
+        help="largest frame (or stream message) accepted; larger ones get frame_too_large",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=wire.DEFAULT_MAX_INFLIGHT,
+        metavar="N",
+        help="requests running at once per connection; past it the server stops reading",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=10000,
+        metavar="N",
+        help="connections served at once; more are accepted and closed",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        default=65536,
+        metavar="N",
+        help="requests in flight server-wide; past it requests get overloaded",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close connections idle this long (0 = never)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="worker threads for blocking=True handlers",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on shutdown, how long to wait for requests in flight before cancelling them",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging level",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="include tracebacks in internal error responses",
+    )
+    p.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def load_app(spec: str) -> Service:
+    """Import ``MODULE:ATTR`` and return the :class:`Service` it names.
+
+    Raises:
+        ValueError: the spec is malformed or does not name a Service.
+        ImportError: the module cannot be imported.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--app must look like MODULE:ATTR, not {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        # Like `python -m`, let users name modules in the current directory.
+        sys.path.insert(0, "")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if callable(obj) and not isinstance(obj, Service):
+        obj = obj()
+    if not isinstance(obj, Service):
+        raise ValueError(f"{spec} is a {type(obj).__name__}, not a trio_echo.Service")
+    return obj
+
+
+def server_from_args(args: argparse.Namespace) -> Server:
+    """Build the :class:`Server` that ``args`` describe."""
+    service = load_app(args.app) if args.app else None
+    return Server(
+        service,
+        mode=args.mode,
+        max_frame=args.max_frame,
+        max_inflight=args.max_inflight,
+        threads=args.threads,
+        grace=args.grace,
+        max_connections=args.max_connections,
+        max_requests=args.max_requests,
+        idle_timeout=args.idle_timeout,
+        debug=args.debug,
+    )
+
+
+def setup_logging(level: str) -> None:
+    """Log one line per event to stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``trio-echo serve``; returns the exit code."""
+    setup_logging(args.log_level)
+    try:
+        server = server_from_args(args)
+    except (ImportError, AttributeError, ValueError) as exc:
+        print(f"trio-echo serve: cannot load --app {args.app}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(serve_until_signalled, server, args.host, args.port)
+    except OSError as exc:
+        print(f"trio-echo serve: {exc}", file=sys.stderr)
+        return 1
+
+
+async def serve_until_signalled(
+    server: Server, host: str, port: int, *, reuse_port: bool = False
+) -> int:
+    """Serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
+
+    Returns 0 after a graceful shutdown, 1 after a forced one.
+    """
+    forced = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop(
+                task_status: trio.TaskStatus[list[trio.SocketListener]],
+            ) -> None:
+                await server.serve(host, port, reuse_port=reuse_port, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained: stop watching for signals
+
+            listeners = await nursery.start(serve_then_stop)
+            addrs = ", ".join(_addr(sock.socket.getsockname()) for sock in listeners)
+            mode = server.mode.value if server.mode else "auto"
+            log.info("trio-echo listening on %s (mode %s, pid %d)", addrs, mode, os.getpid())
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not server.shutting_down:
+                    log.info("%s: shutting down gracefully (again to stop at once)", name)
+                    server.shutdown()
+                else:
+                    log.warning("%s: stopping now", name)
+                    forced = True
+                    nursery.cancel_scope.cancel()
+    log.info("stopped%s", " (forced)" if forced else "")
+    return 1 if forced else 0
+
+
+def _addr(name: Any) -> str:
+    if isinstance(name, tuple):
+        host, port = name[0], name[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(name)

@@ -1,19 +1,860 @@
-"""Placeholder: the server lands in the next commit."""
+"""The Trio server: accept loop, mode sniffing, and the per-connection engine.
+
+Theory of operation
+-------------------
+Every connection is one task. It reads until :func:`wire.sniff_mode` decides
+the connection's kind, then runs raw echo (a plain receive/send loop) or the
+message engine, :class:`_MessageConnection`, for framed and msgpack-rpc
+stream connections.
+
+The message engine keeps the hot path short. One task reads. Each read is
+decoded into messages at once; a well-formed request for a plain ``def``
+handler is answered inline, and its encoded reply is appended to an outbox.
+``async def`` handlers get a task of their own in the connection's nursery
+(with a cancel scope registered under their msgid, so ``[3, msgid]`` and
+``timeout_ms`` can reach them); ``blocking=True`` handlers go to a worker
+thread through a shared capacity limiter. Whoever has a reply ready calls
+:meth:`_MessageConnection._flush`: if no one is sending, it becomes the sender
+and writes everything queued in one ``send_all`` until the outbox is empty;
+otherwise it leaves its reply for the sender already at work. So replies
+ready at one moment leave in one syscall, and no sender task or channel hop
+sits between a handler and the socket.
+
+Backpressure: the reader stops reading while ``max_inflight`` requests are
+running on the connection or while the outbox holds more than
+``OUTBOX_HIGH_WATER`` bytes; a client that does not read therefore stalls its
+own requests in the kernel's buffers, not in our memory.
+
+A server-wide reaper task wakes a few times per ``idle_timeout`` and closes
+connections that have received nothing and owe nothing for that long; the
+hot path only bumps a byte counter.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import trio
+
+from . import __version__, wire
+from ._builtins import builtin_service
+from ._errors import RemoteError
+from ._service import HandlerKind, Method, Service
+from .wire import ErrorCode, Mode
+
+__all__ = ["Server", "serve", "serve_stream"]
+
+log = logging.getLogger("trio_echo")
+
+#: Bytes asked of the kernel per read.
+RECEIVE_SIZE: Final = 65536
+#: The reader pauses while more than this many reply bytes wait to be sent.
+OUTBOX_HIGH_WATER: Final = 1024 * 1024
+#: A rejected connection (over max_connections) waits this long for a preamble.
+REJECT_SNIFF_S: Final = 1.0
+
+_MAX_MSGID: Final = wire.MAX_MSGID
+_REQUEST: Final = 0
+
+
+def _mode_from_name(mode: str | Mode | None) -> Mode | None:
+    if mode is None or mode == "auto":
+        return None
+    return mode if isinstance(mode, Mode) else Mode(mode)
 
 
 class Server:
-    """Placeholder."""
+    """A trio_echo server: built-in methods plus a user :class:`Service`.
+
+    Args:
+        service: user methods, served beside the built-ins (``echo``,
+            ``ping``, ``sleep``, ``stats``, ``methods``).
+        mode: ``"auto"`` (sniff each connection) or ``"framed"``,
+            ``"mprpc"``, ``"raw"`` to pin one kind.
+        max_frame: largest frame body (or stream message) accepted, in bytes.
+        max_inflight: requests and notifications running at once on one
+            connection; past it the server stops reading that connection.
+        threads: worker threads for ``blocking=True`` handlers.
+        grace: seconds a graceful shutdown waits before cancelling what is left.
+        max_connections: connections served at once; more are accepted and
+            closed (a framed client first gets an ``overloaded`` notice).
+        max_requests: requests and notifications in flight server-wide;
+            past it requests are answered ``overloaded``.
+        idle_timeout: seconds after which a connection that sent nothing and
+            is owed nothing is closed (0 disables).
+        debug: include tracebacks in ``internal`` error responses.
+
+    Raises:
+        ValueError: a user method's name clashes with a built-in.
+    """
+
+    def __init__(
+        self,
+        service: Service | None = None,
+        *,
+        mode: str | Mode | None = "auto",
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        max_inflight: int = wire.DEFAULT_MAX_INFLIGHT,
+        threads: int = 16,
+        grace: float = 10.0,
+        max_connections: int = 10000,
+        max_requests: int = 65536,
+        idle_timeout: float = 300.0,
+        debug: bool = False,
+    ) -> None:
+        if max_frame < 1 or max_inflight < 1 or threads < 1:
+            raise ValueError("max_frame, max_inflight and threads must be positive")
+        self.mode = _mode_from_name(mode)
+        self.max_frame = max_frame
+        self.max_inflight = max_inflight
+        self.grace = grace
+        self.max_connections = max_connections
+        self.max_requests = max_requests
+        self.idle_timeout = idle_timeout
+        self.debug = debug
+        self.limiter = trio.CapacityLimiter(threads)
+        registry = builtin_service(self.stats, self.method_list)
+        if service is not None:
+            registry.include(service)
+        self.service = registry
+        self.methods: dict[str, Method] = registry.table()
+        self.pack = wire.make_packer()
+        self.hello = {
+            "protocol": wire.PROTOCOL_VERSION,
+            "server": f"trio_echo/{__version__}",
+            "max_frame": max_frame,
+            "max_inflight": max_inflight,
+        }
+        # Counters (see stats()).
+        self.started_at = time.monotonic()
+        self.connections_total = 0
+        self.connections_rejected = 0
+        self.requests_total = 0
+        self.notifications_total = 0
+        self.requests_in_flight = 0
+        self.errors: dict[str, int] = {}
+        self._bytes_in_closed = 0
+        self._bytes_out_closed = 0
+        self._conns: set[_ConnectionState] = set()
+        self._draining = False
+        self._shutdown = trio.Event()
+        self._all_closed = trio.Event()
+        self._listeners: list[trio.SocketListener] = []
+
+    # --- public API --------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 7000,
+        *,
+        reuse_port: bool = False,
+        backlog: int | None = None,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host``:``port`` and serve until shut down or cancelled.
+
+        Shaped like :func:`trio.serve_tcp`: ``await nursery.start(server.serve,
+        host, 0)`` returns the listeners once they accept connections.
+        ``reuse_port`` sets ``SO_REUSEPORT`` so several processes can share
+        the port. Returns after :meth:`shutdown` has drained every connection.
+        """
+        listeners = await open_listeners(host, port, reuse_port=reuse_port, backlog=backlog)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve connections from already-open listeners (see :meth:`serve`)."""
+        self._listeners = list(listeners)
+        async with trio.open_nursery() as connections:
+            if self.idle_timeout and self.idle_timeout > 0:
+                connections.start_soon(self._reap_idle)
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    functools.partial(
+                        trio.serve_listeners,
+                        self._handle_accepted,
+                        self._listeners,
+                        handler_nursery=connections,
+                    )
+                )
+                task_status.started(self._listeners)
+                await self._shutdown.wait()
+                # Cancelling the accept loops closes the listeners.
+                accepting.cancel_scope.cancel()
+            await self._drain()
+            connections.cancel_scope.cancel()
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over any Trio stream (sniffing its kind), then close it."""
+        state = _ConnectionState(self, stream)
+        self.connections_total += 1
+        self._conns.add(state)
+        try:
+            await state.run()
+        except Exception:
+            # A bug must cost one connection, never the server.
+            log.exception("internal error on connection %s", state.peer)
+        finally:
+            self._conns.discard(state)
+            self._bytes_in_closed += state.bytes_in
+            self._bytes_out_closed += state.bytes_out
+            if self._draining and not self._conns:
+                self._all_closed.set()
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (idempotent).
+
+        The server stops accepting and stops reading new requests, answers
+        every request it has already received, closes each connection once
+        nothing is in flight, and cancels whatever is left after ``grace``
+        seconds; then :meth:`serve` returns.
+        """
+        self._shutdown.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` was called."""
+        return self._shutdown.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the server's counters (the ``stats`` built-in)."""
+        conns = self._conns
+        return {
+            "connections_open": len(conns),
+            "connections_total": self.connections_total,
+            "connections_rejected": self.connections_rejected,
+            "requests_total": self.requests_total,
+            "notifications_total": self.notifications_total,
+            "requests_in_flight": self.requests_in_flight,
+            "errors": dict(self.errors),
+            "bytes_in": self._bytes_in_closed + sum(c.bytes_in for c in conns),
+            "bytes_out": self._bytes_out_closed + sum(c.bytes_out for c in conns),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "pid": os.getpid(),
+            "server": self.hello["server"],
+        }
+
+    def method_list(self) -> list[dict[str, str]]:
+        """``{"name", "doc"}`` for every method (the ``methods`` built-in)."""
+        return [{"name": m.name, "doc": m.doc} for m in self.methods.values()]
+
+    # --- internals ----------------------------------------------------------------
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    async def _handle_accepted(self, stream: trio.SocketStream) -> None:
+        if len(self._conns) >= self.max_connections:
+            self.connections_rejected += 1
+            await self._reject(stream)
+            return
+        # trio's SocketStream already sets TCP_NODELAY.
+        await self.serve_stream(stream)
+
+    async def _reject(self, stream: trio.SocketStream) -> None:
+        """Over max_connections: tell a framed client why, then close."""
+        self.count_error(ErrorCode.OVERLOADED)
+        log.warning("connection refused: max_connections (%d) reached", self.max_connections)
+        with trio.move_on_after(REJECT_SNIFF_S):
+            prefix = b""
+            try:
+                while len(prefix) < len(wire.PREAMBLE):
+                    data = await stream.receive_some(len(wire.PREAMBLE) - len(prefix))
+                    if not data:
+                        break
+                    prefix += data
+                    if not wire.PREAMBLE.startswith(prefix):
+                        break
+                if prefix == wire.PREAMBLE:
+                    await stream.send_all(
+                        wire.encode_error(
+                            None,
+                            ErrorCode.OVERLOADED,
+                            f"server is at max_connections ({self.max_connections})",
+                        )
+                    )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    async def _drain(self) -> None:
+        self._draining = True
+        log.info("shutting down: draining %d connection(s)", len(self._conns))
+        for conn in list(self._conns):
+            conn.stop_reading()
+        if self._conns:
+            with trio.move_on_after(self.grace) as scope:
+                await self._all_closed.wait()
+            if scope.cancelled_caught:
+                log.warning(
+                    "grace period (%gs) over: cancelling %d connection(s)",
+                    self.grace,
+                    len(self._conns),
+                )
+
+    async def _reap_idle(self) -> None:
+        idle = self.idle_timeout
+        tick = min(1.0, idle / 4)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for conn in list(self._conns):
+                if conn.bytes_in != conn.seen_bytes_in or conn.busy():
+                    conn.seen_bytes_in = conn.bytes_in
+                    conn.last_active = now
+                elif now - conn.last_active >= idle:
+                    log.debug("closing idle connection %s", conn.peer)
+                    conn.close_idle()
 
 
-async def serve(*args: Any, **kwargs: Any) -> None:
-    """Placeholder."""
-    raise NotImplementedError
+class _ConnectionState:
+    """One connection from accept to close: sniffing, then raw echo or messages."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "engine",
+        "in_read",
+        "last_active",
+        "peer",
+        "read_scope",
+        "seen_bytes_in",
+        "server",
+        "stop_requested",
+        "stream",
+        "whole_scope",
+    )
+
+    def __init__(self, server: Server, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.seen_bytes_in = 0
+        self.last_active = trio.current_time()
+        self.engine: _MessageConnection | None = None
+        self.stop_requested = False
+        # read_scope covers the current read loop; shutdown cancels it only
+        # while the reader sits in a receive (in_read), never mid-send.
+        self.in_read = False
+        self.read_scope = trio.CancelScope()
+        self.whole_scope = trio.CancelScope()
+        self.peer = _peer_name(stream)
+
+    def busy(self) -> bool:
+        return self.engine is not None and self.engine.busy()
+
+    def stop_reading(self) -> None:
+        self.stop_requested = True
+        if self.in_read:
+            self.read_scope.cancel()
+
+    def close_idle(self) -> None:
+        self.whole_scope.cancel()
+
+    async def run(self) -> None:
+        stream = self.stream
+        try:
+            with self.whole_scope:
+                try:
+                    await self._run()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    log.debug("connection %s lost: %s", self.peer, _cause(exc))
+                except OSError as exc:
+                    log.debug("connection %s failed: %s", self.peer, exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def receive(self) -> bytes:
+        """One read (inside read_scope); ``b""`` at EOF or once shutdown began."""
+        if self.stop_requested:
+            return b""
+        self.in_read = True
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.in_read = False
+        self.bytes_in += len(data)
+        return data  # type: ignore[return-value]  # sockets give bytes
+
+    async def _run(self) -> None:
+        with self.read_scope:
+            verdict, prefix = await self._sniff()
+        if verdict is None:
+            return
+        if verdict is Mode.RAW:
+            await self._raw_echo(prefix)
+            return
+        framed = verdict is Mode.FRAMED
+        if framed:
+            prefix = prefix[len(wire.PREAMBLE) :]
+        self.engine = _MessageConnection(self, framed)
+        await self.engine.run(prefix)
+
+    async def _sniff(self) -> tuple[Mode | None, bytes]:
+        """Read until the connection's kind is known; (None, ...) means it is over."""
+        server = self.server
+        mode = server.mode
+        prefix = b""
+        verdict: Mode | wire.ProtocolViolation | bool | None
+        while True:
+            data = await self.receive()
+            if not data:
+                if prefix and mode in (None, Mode.RAW):
+                    # Half-closed while we were still sniffing: echo what we hold.
+                    await self._send(prefix)
+                return None, prefix
+            prefix += data
+            if mode is None:
+                verdict = wire.sniff_mode(prefix)
+            elif mode is Mode.FRAMED:
+                verdict = wire.check_preamble(prefix)
+                if verdict is True:
+                    verdict = Mode.FRAMED
+            else:
+                verdict = mode
+            if verdict is None:
+                continue
+            if isinstance(verdict, wire.ProtocolViolation):
+                server.count_error(verdict.code)
+                log.info("connection %s rejected: %s", self.peer, verdict.message)
+                await self._send(wire.encode_error(None, verdict.code, verdict.message))
+                return None, prefix
+            assert isinstance(verdict, Mode)
+            return verdict, prefix
+
+    async def _send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+        self.bytes_out += len(data)
+
+    async def _raw_echo(self, first: bytes) -> None:
+        """Compat mode: echo every byte back, in order, until EOF."""
+        stream = self.stream
+        receive_some = stream.receive_some
+        send_all = stream.send_all
+        await send_all(first)
+        self.bytes_out += len(first)
+        self.read_scope = trio.CancelScope()
+        with self.read_scope:
+            while not self.stop_requested:
+                self.in_read = True
+                data = await receive_some(RECEIVE_SIZE)
+                self.in_read = False
+                if not data:
+                    break
+                self.bytes_in += len(data)
+                await send_all(data)
+                self.bytes_out += len(data)
 
 
-async def serve_stream(*args: Any, **kwargs: Any) -> None:
-    """Placeholder."""
-    raise NotImplementedError
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return f"<{type(stream).__name__}>"
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return "<unknown>"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return str(cause or exc) or type(exc).__name__
+
+
+class _Call:
+    """An ``async def`` or blocking request in flight, by msgid."""
+
+    __slots__ = ("cancelled_by_client", "scope")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.cancelled_by_client = False
+
+
+class _MessageConnection:
+    """The framed / msgpack-rpc stream engine of one connection (see module doc)."""
+
+    def __init__(self, state: _ConnectionState, framed: bool) -> None:
+        server = state.server
+        self.state = state
+        self.server = server
+        self.stream = state.stream
+        self.framed = framed
+        max_frame = server.max_frame
+        self.decoder: wire.FrameDecoder | wire.StreamDecoder = (
+            wire.FrameDecoder(max_frame) if framed else wire.StreamDecoder(max_frame)
+        )
+        self.calls: dict[int, _Call] = {}
+        self.active = 0  # requests + notifications running on this connection
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+        self.sending = False
+        self.room = trio.lowlevel.ParkingLot()
+        self.nursery: trio.Nursery | None = None
+        self.logged_violation = False
+        self.closing = False
+
+    def busy(self) -> bool:
+        return bool(self.active or self.outbox or self.sending)
+
+    # --- the read loop -------------------------------------------------------------------
+
+    async def run(self, initial: bytes) -> None:
+        state = self.state
+        server = self.server
+        max_inflight = server.max_inflight
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.framed:
+                self._enqueue(wire.encode_notification("hello", [server.hello], pack=server.pack))
+            # The read loop has its own scope so that shutdown can stop it
+            # while the handlers in the nursery run on and get answered.
+            state.read_scope = trio.CancelScope()
+            with state.read_scope:
+                data = initial
+                while True:
+                    if data:
+                        self._process(self.decoder.feed(data))
+                    if self.outbox:
+                        await self._flush()
+                    if self.decoder.dead or self.closing:
+                        break
+                    while self.active >= max_inflight or self.outbox_bytes >= OUTBOX_HIGH_WATER:
+                        if state.stop_requested:
+                            break
+                        state.in_read = True
+                        await self.room.park()
+                        state.in_read = False
+                    data = await state.receive()
+                    if not data:
+                        break  # EOF, or shutdown stopped reading
+            # Half-close, shutdown or a fatal error: answer what is in flight, then close.
+        if self.outbox:
+            await self._flush()
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _process(self, items: list[Any]) -> None:
+        """Handle every decoded message of one read (the hot path)."""
+        server = self.server
+        methods = server.methods
+        pack = server.pack
+        framed = self.framed
+        out = self.outbox
+        nbytes = 0
+        for obj in items:
+            # Fast path: a well-formed request for a quick plain-def handler.
+            if (
+                type(obj) is list
+                and len(obj) == 4
+                and obj[0] == _REQUEST
+                and type(obj[1]) is int
+                and type(obj[2]) is str
+                and type(obj[3]) is list
+                and 0 <= obj[1] <= _MAX_MSGID
+            ):
+                method = methods.get(obj[2])
+                if (
+                    method is not None
+                    and method.kind is HandlerKind.INLINE
+                    and not method.checks
+                    and server.requests_in_flight < server.max_requests
+                ):
+                    server.requests_total += 1
+                    try:
+                        body = pack([1, obj[1], None, method.fn(*obj[3])])
+                    except Exception as exc:
+                        body = self._inline_failure(method, obj[1], obj[3], exc)
+                    if framed:
+                        out.append(len(body).to_bytes(4, "big"))
+                    out.append(body)
+                    nbytes += len(body) + 4
+                    continue
+            self.outbox_bytes += nbytes
+            nbytes = 0
+            self._dispatch(wire.parse_message(obj))
+        self.outbox_bytes += nbytes
+
+    def _inline_failure(
+        self, method: Method, msgid: int, params: list[Any], exc: Exception
+    ) -> bytes:
+        code, message, data = self._failure(method, params, exc)
+        self.server.count_error(code)
+        return self.server.pack([1, msgid, wire.error_map(code, message, data), None])
+
+    def _failure(
+        self, method: Method, params: list[Any], exc: BaseException
+    ) -> tuple[str, str, Any]:
+        """The error code, message and data for a handler that raised."""
+        if isinstance(exc, RemoteError):
+            return exc.code, exc.message, exc.data
+        if isinstance(exc, TypeError):
+            bad = method.bad_call(params)
+            if bad is not None:
+                return ErrorCode.INVALID_PARAMS, bad, None
+        if isinstance(exc, (ValueError, TypeError, OverflowError)) and _is_pack_error(exc):
+            message = f"{method.name}: result cannot be encoded as msgpack: {exc}"
+            log.error("%s", message)
+            return ErrorCode.INTERNAL, message, None
+        log.error("method %s raised", method.name, exc_info=exc)
+        data = None
+        if self.server.debug:
+            import traceback
+
+            data = "".join(traceback.format_exception(exc))
+        return ErrorCode.INTERNAL, f"{method.name}: {type(exc).__name__}: {exc}", data
+
+    def _dispatch(self, event: wire.Event) -> None:
+        """The general path: every message that is not a fast-path request."""
+        server = self.server
+        if type(event) is wire.Request:
+            server.requests_total += 1
+            self._start(event.msgid, event.method, event.params, event.options)
+        elif type(event) is wire.Notification:
+            server.notifications_total += 1
+            self._start(None, event.method, event.params, None)
+        elif type(event) is wire.Cancel:
+            call = self.calls.get(event.msgid)
+            if call is not None:
+                call.cancelled_by_client = True
+                call.scope.cancel()
+        elif type(event) is wire.ProtocolViolation:
+            self._violation(event)
+        else:
+            # A response or error response sent to the server.
+            self._violation(
+                wire.ProtocolViolation(ErrorCode.MALFORMED, "clients may not send responses")
+            )
+
+    def _violation(self, v: wire.ProtocolViolation) -> None:
+        server = self.server
+        server.count_error(v.code)
+        level = logging.DEBUG if self.logged_violation else logging.INFO
+        self.logged_violation = True
+        log.log(level, "connection %s: %s: %s", self.state.peer, v.code, v.message)
+        self._reply_error(v.msgid, v.code, v.message)
+        if v.fatal:
+            self.closing = True
+
+    def _reply_error(self, msgid: int | None, code: str, message: str, data: Any = None) -> None:
+        self._enqueue(
+            wire.encode_error(msgid, code, message, data, framed=self.framed, pack=self.server.pack)
+        )
+
+    def _error(self, msgid: int | None, code: str, message: str) -> None:
+        """Answer a request with an error (notifications only count it)."""
+        self.server.count_error(code)
+        if msgid is not None:
+            self._reply_error(msgid, code, message)
+
+    def _start(
+        self, msgid: int | None, name: str, params: list[Any], options: dict[Any, Any] | None
+    ) -> None:
+        server = self.server
+        method = server.methods.get(name)
+        if method is None:
+            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {name!r}")
+            return
+        timeout = wire.timeout_of(options)
+        if isinstance(timeout, wire.ProtocolViolation):
+            self._error(msgid, timeout.code, timeout.message)
+            return
+        if msgid is not None and msgid in self.calls:
+            self._error(msgid, ErrorCode.MALFORMED, f"msgid {msgid} is already in flight")
+            return
+        if server.requests_in_flight >= server.max_requests:
+            self._error(
+                msgid, ErrorCode.OVERLOADED, f"server has {server.max_requests} requests in flight"
+            )
+            return
+        bad = method.check_params(params) if method.checks else None
+        if bad is not None:
+            self._error(msgid, ErrorCode.INVALID_PARAMS, bad)
+            return
+        if method.kind is HandlerKind.INLINE:
+            self._run_inline(msgid, method, params)
+            return
+        if method.kind is HandlerKind.ASYNC:
+            try:
+                coro = method.fn(*params)
+            except TypeError as exc:
+                code, message, _ = self._failure(method, params, exc)
+                self._error(msgid, code, message)
+                return
+            run: Callable[[], Awaitable[Any]] = lambda: coro  # noqa: E731
+        else:
+            bound = functools.partial(method.fn, *params)
+            run = functools.partial(
+                trio.to_thread.run_sync, bound, limiter=server.limiter, abandon_on_cancel=True
+            )
+        scope = trio.CancelScope()
+        if timeout is not None:
+            scope.deadline = trio.current_time() + timeout
+        call = _Call(scope)
+        if msgid is not None:
+            self.calls[msgid] = call
+        self.active += 1
+        server.requests_in_flight += 1
+        assert self.nursery is not None
+        self.nursery.start_soon(self._run_task, msgid, method, params, call, run)
+
+    def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
+        server = self.server
+        try:
+            result = method.fn(*params)
+            if msgid is None:
+                return
+            body = server.pack([1, msgid, None, result])
+        except Exception as exc:
+            code, message, data = self._failure(method, params, exc)
+            self.server.count_error(code)
+            if msgid is not None:
+                self._reply_error(msgid, code, message, data)
+            return
+        self._enqueue(wire.frame(body) if self.framed else body)
+
+    async def _run_task(
+        self,
+        msgid: int | None,
+        method: Method,
+        params: list[Any],
+        call: _Call,
+        run: Callable[[], Awaitable[Any]],
+    ) -> None:
+        server = self.server
+        reply: bytes | None = None
+        code: str
+        try:
+            with call.scope:
+                result = await run()
+                if msgid is not None:
+                    reply = server.pack([1, msgid, None, result])
+            if call.scope.cancelled_caught:
+                if call.cancelled_by_client:
+                    code, message = ErrorCode.CANCELLED, "cancelled by the client"
+                else:
+                    code, message = ErrorCode.TIMEOUT, f"{method.name}: timeout_ms exceeded"
+                server.count_error(code)
+                if msgid is not None:
+                    reply = server.pack([1, msgid, wire.error_map(code, message), None])
+        except Exception as exc:
+            code, message, data = self._failure(method, params, exc)
+            server.count_error(code)
+            if msgid is not None:
+                reply = server.pack([1, msgid, wire.error_map(code, message, data), None])
+        finally:
+            if msgid is not None:
+                del self.calls[msgid]
+            self.active -= 1
+            server.requests_in_flight -= 1
+            self.room.unpark_all()
+        if reply is not None:
+            self._enqueue(wire.frame(reply) if self.framed else reply)
+            await self._flush()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _enqueue(self, data: bytes) -> None:
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+
+    async def _flush(self) -> None:
+        """Send everything queued; if another task is sending, leave it to that task."""
+        if self.sending:
+            return
+        self.sending = True
+        state = self.state
+        send_all = self.stream.send_all
+        try:
+            while self.outbox:
+                out = self.outbox
+                n = self.outbox_bytes
+                self.outbox = []
+                self.outbox_bytes = 0
+                if self.room.statistics().tasks_waiting:
+                    self.room.unpark_all()
+                await send_all(out[0] if len(out) == 1 else b"".join(out))
+                state.bytes_out += n
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The peer is gone: nothing more can be delivered on this connection.
+            log.debug("connection %s lost while sending: %s", state.peer, _cause(exc))
+            self.outbox = []
+            self.outbox_bytes = 0
+            state.whole_scope.cancel()
+        finally:
+            self.sending = False
+
+
+def _is_pack_error(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(("_server.py", "wire.py"))
+
+
+async def open_listeners(
+    host: str | None, port: int, *, reuse_port: bool = False, backlog: int | None = None
+) -> list[trio.SocketListener]:
+    """Open TCP listeners like :func:`trio.open_tcp_listeners`, optionally with SO_REUSEPORT."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError(errno.ENOTSUP, "SO_REUSEPORT is not available on this platform")
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners = []
+    for family, type_, proto, _, sockaddr in infos:
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(sockaddr)
+            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
+
+
+async def serve(
+    service: Service | None = None,
+    host: str | None = "127.0.0.1",
+    port: int = 7000,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``service`` (plus the built-ins) on ``host``:``port`` until cancelled.
+
+    ``await nursery.start(trio_echo.serve, service, "127.0.0.1", 0)`` returns
+    the listeners, so port 0 works in tests. ``options`` are the keyword
+    arguments of :class:`Server`. For graceful shutdown, make a
+    :class:`Server` and call its :meth:`Server.shutdown`.
+    """
+    reuse_port = bool(options.pop("reuse_port", False))
+    server = Server(service, **options)
+    await server.serve(host, port, reuse_port=reuse_port, task_status=task_status)
+
+
+async def serve_stream(
+    stream: trio.abc.Stream, service: Service | None = None, **options: Any
+) -> None:
+    """Serve one connection over any Trio stream with a fresh :class:`Server`."""
+    await Server(service, **options).serve_stream(stream)
+

@@ -186,7 +186,7 @@ class Service:
 
     @overload
     def method(
-        self, *, name: str | None = None, blocking: bool = False
+        self, fn: None = None, /, *, name: str | None = None, blocking: bool = False
     ) -> Callable[[F], F]: ...
 
     def method(
