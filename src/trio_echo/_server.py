@@ -524,9 +524,16 @@ class _MessageConnection:
             state.read_scope = trio.CancelScope()
             with state.read_scope:
                 data = initial
+                # Messages decoded but not yet started because the connection
+                # was at max_inflight; they go before anything read later.
+                backlog: list[Any] = []
                 while True:
                     if data:
-                        self._process(self.decoder.feed(data))
+                        backlog.extend(self.decoder.feed(data))
+                        data = b""
+                    if backlog:
+                        done = self._process(backlog)
+                        del backlog[:done]
                     if self.outbox:
                         await self._flush()
                     if self.decoder.dead or self.closing:
@@ -537,6 +544,8 @@ class _MessageConnection:
                         state.in_read = True
                         await self.room.park()
                         state.in_read = False
+                    if backlog:
+                        continue
                     data = await state.receive()
                     if not data:
                         break  # EOF, or shutdown stopped reading
@@ -546,15 +555,21 @@ class _MessageConnection:
 
     # --- dispatch ------------------------------------------------------------------------
 
-    def _process(self, items: list[Any]) -> None:
-        """Handle every decoded message of one read (the hot path)."""
+    def _process(self, items: list[Any]) -> int:
+        """Handle decoded messages in order (the hot path); return how many were handled.
+
+        Stops early at a request or notification that would run past
+        ``max_inflight``; the caller keeps the rest for later.
+        """
         server = self.server
         methods = server.methods
         pack = server.pack
         framed = self.framed
         out = self.outbox
+        calls = self.calls
+        max_inflight = server.max_inflight
         nbytes = 0
-        for obj in items:
+        for index, obj in enumerate(items):
             # Fast path: a well-formed request for a quick plain-def handler.
             if (
                 type(obj) is list
@@ -571,6 +586,7 @@ class _MessageConnection:
                     and method.kind is HandlerKind.INLINE
                     and not method.checks
                     and server.requests_in_flight < server.max_requests
+                    and (not calls or obj[1] not in calls)
                 ):
                     server.requests_total += 1
                     try:
@@ -584,8 +600,16 @@ class _MessageConnection:
                     continue
             self.outbox_bytes += nbytes
             nbytes = 0
+            if (
+                self.active >= max_inflight
+                and type(obj) is list
+                and obj
+                and obj[0] in (wire.MessageType.REQUEST, wire.MessageType.NOTIFICATION)
+            ):
+                return index
             self._dispatch(wire.parse_message(obj))
         self.outbox_bytes += nbytes
+        return len(items)
 
     def _inline_failure(
         self, method: Method, msgid: int, params: list[Any], exc: Exception

@@ -1,0 +1,97 @@
+"""Test helpers: a bare sans-IO peer over any Trio stream, and server fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+
+from trio_echo import Server, wire
+
+
+class Peer:
+    """A test client made of a Trio stream and a bare :class:`wire.Connection`."""
+
+    def __init__(self, stream: trio.abc.Stream, mode: wire.Mode = wire.Mode.FRAMED) -> None:
+        self.stream = stream
+        self.conn = wire.Connection(wire.Role.CLIENT, mode)
+        self.pending: list[wire.Event] = []
+
+    async def start(self) -> dict[str, Any]:
+        """Send the preamble; return the hello info (framed mode)."""
+        await self.stream.send_all(self.conn.initiate())
+        hello = await self.next_event()
+        assert isinstance(hello, wire.Notification) and hello.method == "hello", hello
+        info: dict[str, Any] = hello.params[0]
+        return info
+
+    async def send(self, *events: wire.Event) -> None:
+        await self.stream.send_all(b"".join(self.conn.send(e) for e in events))
+
+    async def request(self, msgid: int, method: str, *params: Any, **options: Any) -> None:
+        await self.send(wire.Request(msgid, method, list(params), options or None))
+
+    async def next_event(self) -> wire.Event:
+        """The next event; raises EOFError if the server closed first."""
+        with trio.fail_after(10):
+            while True:
+                event = self.conn.next_event()
+                if event is not wire.NEED_DATA:
+                    assert not isinstance(event, type(wire.NEED_DATA))
+                    return event
+                self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def events(self, n: int) -> list[wire.Event]:
+        return [await self.next_event() for _ in range(n)]
+
+    async def call(self, msgid: int, method: str, *params: Any, **options: Any) -> wire.Event:
+        await self.request(msgid, method, *params, **options)
+        return await self.next_event()
+
+    async def expect_close(self) -> list[wire.Event]:
+        """Read until EOF; return the events that came before it."""
+        seen = []
+        with trio.fail_after(10):
+            while True:
+                try:
+                    seen.append(await self.next_event())
+                except EOFError:
+                    return seen
+
+
+@asynccontextmanager
+async def memory_server(
+    server: Server | None = None, **options: Any
+) -> AsyncIterator[tuple[Server, trio.testing.MemoryStapledStream[Any], trio.Nursery]]:
+    """A server serving one in-memory connection; yields (server, client stream, nursery)."""
+    server = server or Server(**options)
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve_stream, server_side)
+        yield server, client, nursery
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def tcp_server(
+    server: Server | None = None, **options: Any
+) -> AsyncIterator[tuple[Server, int]]:
+    """A server on a free loopback port; yields (server, port)."""
+    server = server or Server(**options)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+        yield server, listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def framed_peer(port: int) -> AsyncIterator[Peer]:
+    """A framed peer connected over loopback, past the hello."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        peer = Peer(stream)
+        await peer.start()
+        yield peer
