@@ -1,19 +1,519 @@
-"""The async Trio client (issue #3): placeholder until the client lands."""
+"""The async Trio client: one connection, many concurrent calls.
+
+Theory of operation. A :class:`Client` owns one stream and one sans-IO
+:class:`~trio_echo.wire.Connection`. Two internal tasks run per connection,
+never one per call:
+
+* the **reader** is the only task that calls ``receive_some``. It feeds the
+  bytes to the sans-IO core and hands each response straight to the task that
+  is waiting for it, found by msgid in ``_pending``;
+* the **writer** is the only task that calls ``send_all``. Callers append
+  encoded frames to ``_outbox`` and return to waiting at once, so the frames
+  queued while the writer was busy leave in one ``send_all``, and a caller
+  that is cancelled can queue its ``[3, msgid]`` cancel without blocking.
+
+A waiting caller parks with ``trio.lowlevel.wait_task_rescheduled`` (no
+``Event`` per call). When it is cancelled, its msgid stays in ``_pending``
+marked abandoned, so it is never reused until the late reply arrives (and is
+dropped) or the connection ends.
+
+The internal tasks never raise: a failure is recorded on the client, every
+pending call fails at once with :class:`ConnectionClosed`, and the tasks exit.
+So the body of ``async with open_client(...)`` sees plain exceptions, never an
+``ExceptionGroup`` made by the client's nursery.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import outcome
+import trio
+
+from . import wire
+from ._errors import ConnectionClosed, DeadlineExceeded, FrameTooLarge, remote_error
+
+__all__ = ["Client", "NotificationHandler", "open_client", "open_client_over_stream"]
+
+log = logging.getLogger("trio_echo.client")
+
+#: A callback for server notifications other than ``hello``: ``(method, params)``.
+NotificationHandler = Callable[[str, list[Any]], None]
+
+#: Bytes asked of ``receive_some`` at a time.
+RECEIVE_SIZE: Final = 64 * 1024
+#: Once this many bytes wait in the outbox, new calls wait for the writer.
+OUTBOX_HIGH_WATER_BYTES: Final = 1024 * 1024
+#: Default bound on one frame received from the server.
+DEFAULT_RECEIVE_MAX_FRAME: Final = 4 * wire.DEFAULT_MAX_FRAME
+#: Default bound on connecting plus waiting for the server's hello, in seconds.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
+#: How long a clean close waits for queued frames to leave, in seconds.
+FLUSH_TIMEOUT_S: Final = 10.0
+#: A first frame longer than this cannot be a hello: the peer is no trio_echo server.
+MAX_HELLO_BYTES: Final = 64 * 1024
+
+#: Marks a msgid whose caller gave up (cancelled or timed out): reserved until its reply.
+_ABANDONED: Final = None
+_MISSING: Final = object()
 
 
 class Client:
-    """Placeholder."""
+    """A connection to a trio_echo server on which any number of tasks call at once.
+
+    Get one from :func:`open_client` or :func:`open_client_over_stream`; do
+    not construct it directly.
+
+    Attributes:
+        server_info: the server's ``hello`` map (``protocol``, ``server``,
+            ``max_frame``, ``max_inflight``, ...).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        on_notification: NotificationHandler | None = None,
+        max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ) -> None:
+        self._stream = stream
+        self._conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame)
+        self._pack = wire.make_packer()
+        self._on_notification = on_notification
+        self.server_info: dict[str, Any] = {}
+        self._server_max_frame = wire.DEFAULT_MAX_FRAME
+        # msgid -> the waiting task, or _ABANDONED once its caller gave up.
+        self._pending: dict[int, trio.lowlevel.Task | None] = {}
+        self._next_msgid = 1
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._writing = False
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._drained_lot = trio.lowlevel.ParkingLot()
+        # Cancelled to stop the reader and writer; never the body's scope.
+        self._tasks_scope = trio.CancelScope()
+        self._running = False
+        self._error: ConnectionClosed | None = None
+        self._last_notice = ""
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended (closed by us, by the server, or lost)."""
+        return self._error is not None
+
+    async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` with positional ``params`` and return its result.
+
+        Many tasks may call at once; their requests share the connection and
+        are answered in any order. If the caller is cancelled, a cancel
+        message is sent to the server and the call returns at once; its late
+        reply is dropped.
+
+        Args:
+            method: the method name.
+            *params: its parameters (any msgpack-able values).
+            timeout: seconds. Sent to the server as ``timeout_ms`` and also
+                enforced here; either way the call raises DeadlineExceeded.
+
+        Raises:
+            RemoteError: the server answered with an error; the subclass names
+                the code (``UnknownMethod``, ``InvalidParams``, ...). The
+                connection stays usable.
+            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
+            FrameTooLarge: the request is larger than the server's
+                ``max_frame``; it was not sent and the connection stays usable.
+            ConnectionClosed: the connection is closed or was lost, before or
+                during the call. It stays closed.
+            ValueError: ``timeout`` is not a positive number.
+        """
+        options: dict[str, Any] | None = None
+        if timeout is not None:
+            if not timeout > 0 or math.isinf(timeout):
+                raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+            options = {"timeout_ms": timeout * 1000.0}
+        await self._wait_for_outbox_room()
+        msgid = self._allocate_msgid()
+        data = wire.encode_request(msgid, method, params, options, pack=self._pack)
+        self._check_size(data)
+        self._queue(data)
+        if timeout is None:
+            return await self._wait_for_reply(msgid)
+        with trio.move_on_after(timeout):
+            return await self._wait_for_reply(msgid)
+        raise DeadlineExceeded(f"{method}: no reply within {timeout:g} s (local deadline)")
+
+    async def notify(self, method: str, *params: Any) -> None:
+        """Send a notification: the server runs ``method`` and never replies.
+
+        The message is queued for the writer task; :meth:`aclose` (and a clean
+        exit from ``async with``) sends whatever is still queued first.
+
+        Raises:
+            FrameTooLarge: the message is larger than the server's ``max_frame``.
+            ConnectionClosed: the connection is closed or was lost.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._wait_for_outbox_room()
+        data = wire.encode_notification(method, params, pack=self._pack)
+        self._check_size(data)
+        self._queue(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the connection. Pending calls fail with :class:`ConnectionClosed`.
+
+        Frames already queued (notifications, cancels) are sent first when the
+        connection is healthy. Closing twice is fine.
+        """
+        if self._running:
+            with trio.move_on_after(FLUSH_TIMEOUT_S):
+                while (self._outbox or self._writing) and self._error is None:
+                    await self._drained_lot.park()
+        self._fail(ConnectionClosed("the client closed the connection"))
+        await trio.aclose_forcefully(self._stream)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _check_size(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._closed_error()
+        if len(data) - wire.HEADER_SIZE > self._server_max_frame:
+            raise FrameTooLarge(
+                f"message of {len(data) - wire.HEADER_SIZE} bytes exceeds the server's "
+                f"max_frame ({self._server_max_frame}); it was not sent"
+            )
+
+    def _queue(self, data: bytes) -> None:
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        if len(self._outbox) == 1:
+            self._writer_lot.unpark()
+
+    async def _wait_for_outbox_room(self) -> None:
+        if self._error is not None:
+            raise self._closed_error()
+        while self._outbox_bytes > OUTBOX_HIGH_WATER_BYTES:
+            await self._drained_lot.park()
+            if self._error is not None:
+                raise self._closed_error()
+
+    async def _writer(self) -> None:
+        outbox = self._outbox
+        try:
+            while True:
+                while not outbox:
+                    await self._writer_lot.park()
+                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                self._outbox_bytes = 0
+                self._writing = True
+                await self._stream.send_all(data)
+                self._writing = False
+                self._drained_lot.unpark_all()
+        except Exception as exc:  # never into the nursery: see the module docstring
+            self._fail(_lost("sending failed", exc))
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _allocate_msgid(self) -> int:
+        pending = self._pending
+        if len(pending) > wire.MAX_MSGID:  # pragma: no cover - 4 billion calls in flight
+            raise RuntimeError("every msgid is in flight")
+        msgid = self._next_msgid
+        while msgid in pending:
+            msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
+        self._next_msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
+        return msgid
+
+    async def _wait_for_reply(self, msgid: int) -> Any:
+        task = trio.lowlevel.current_task()
+        self._pending[msgid] = task
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            # Cancelled while waiting: keep the msgid reserved and tell the server.
+            if self._pending.get(msgid, _MISSING) is task:
+                self._pending[msgid] = _ABANDONED
+                if self._error is None:
+                    self._queue(wire.encode_cancel(msgid, pack=self._pack))
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _handshake(self) -> None:
+        """Send the preamble and wait for the server's hello."""
+        head = b""
+        try:
+            await self._stream.send_all(self._conn.initiate())
+            while True:
+                event = self._conn.next_event()
+                if event is not wire.NEED_DATA:
+                    break
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._conn.receive_data(data)
+                if len(head) < wire.HEADER_SIZE:
+                    head += data
+                    length = int.from_bytes(head[: wire.HEADER_SIZE], "big")
+                    if len(head) >= wire.HEADER_SIZE and length > MAX_HELLO_BYTES:
+                        raise ConnectionClosed(
+                            "the peer is not a trio_echo framed server (it answered "
+                            f"{head[:8].hex(' ')}; a raw echo server sends the preamble back)"
+                        )
+        except EOFError:
+            raise ConnectionClosed("the server closed the connection before its hello") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _lost("the connection was lost before the server's hello", exc) from exc
+        if isinstance(event, wire.Notification) and event.method == "hello":
+            info = event.params[0] if event.params else None
+            if not isinstance(info, dict):
+                raise ConnectionClosed(f"the server's hello is malformed: {event.params!r}")
+            self.server_info = info
+            max_frame = info.get("max_frame")
+            if type(max_frame) is int and max_frame > 0:
+                self._server_max_frame = max_frame
+            return
+        raise ConnectionClosed(f"expected the server's hello, got {_describe(event)}")
+
+    async def _reader(self) -> None:
+        try:
+            self._dispatch_events()
+            while self._error is None:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    self._fail(
+                        ConnectionClosed(f"the server closed the connection{self._last_notice}")
+                    )
+                    return
+                self._conn.receive_data(data)
+                self._dispatch_events()
+        except Exception as exc:  # never into the nursery: see the module docstring
+            self._fail(_lost("the connection was lost", exc))
+
+    def _dispatch_events(self) -> None:
+        conn = self._conn
+        pending = self._pending
+        while True:
+            event = conn.next_event()
+            kind = type(event)
+            if kind is wire.Response or kind is wire.ErrorResponse:
+                assert isinstance(event, wire.Response | wire.ErrorResponse)
+                task = pending.pop(event.msgid, _MISSING)
+                if task is _MISSING or task is _ABANDONED:
+                    continue  # a late reply to a cancelled call, or junk: dropped
+                assert isinstance(task, trio.lowlevel.Task)
+                if isinstance(event, wire.Response):
+                    trio.lowlevel.reschedule(task, outcome.Value(event.result))
+                else:
+                    exc = remote_error(event.code, event.message, event.data)
+                    trio.lowlevel.reschedule(task, outcome.Error(exc))
+            elif event is wire.NEED_DATA:
+                return
+            elif isinstance(event, wire.Notification):
+                self._notification(event)
+            else:
+                self._fail(ConnectionClosed(f"protocol error from the server: {_describe(event)}"))
+                return
+
+    def _notification(self, event: wire.Notification) -> None:
+        if event.method == "hello":
+            return
+        if event.method == "error" and event.params and isinstance(event.params[0], dict):
+            err = event.params[0]
+            self._last_notice = f" after an error notice: {err.get('code')}: {err.get('message')}"
+        if self._on_notification is not None:
+            try:
+                self._on_notification(event.method, event.params)
+            except Exception as exc:
+                self._fail(_lost("the notification callback raised", exc))
+
+    # -- ending --------------------------------------------------------------------------
+
+    def _closed_error(self) -> ConnectionClosed:
+        """A fresh exception per raise: tasks must not share one traceback."""
+        assert self._error is not None
+        exc = ConnectionClosed(*self._error.args)
+        exc.__cause__ = self._error.__cause__
+        return exc
+
+    def _fail(self, error: ConnectionClosed) -> None:
+        """End the connection: fail every pending call, stop the internal tasks."""
+        if self._error is not None:
+            return
+        self._error = error
+        pending = self._pending
+        self._pending = {}
+        for task in pending.values():
+            if task is not None:
+                trio.lowlevel.reschedule(task, outcome.Error(self._closed_error()))
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self._drained_lot.unpark_all()
+        self._tasks_scope.cancel()
+
+    async def _run_tasks(self) -> None:
+        """The reader and the writer, under a scope that only :meth:`_fail` cancels."""
+        try:
+            with self._tasks_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._writer)
+        finally:
+            self._running = False
 
 
-def open_client(*args: Any, **kwargs: Any) -> Any:
-    """Placeholder."""
-    raise NotImplementedError
+def _lost(what: str, exc: BaseException) -> ConnectionClosed:
+    error = ConnectionClosed(f"{what}: {exc or type(exc).__name__}")
+    error.__cause__ = exc
+    return error
 
 
-def open_client_over_stream(*args: Any, **kwargs: Any) -> Any:
-    """Placeholder."""
-    raise NotImplementedError
+def _describe(event: object) -> str:
+    if isinstance(event, wire.ProtocolViolation):
+        return f"{event.code}: {event.message}"
+    if isinstance(event, wire.Notification) and event.method == "error" and event.params:
+        err = event.params[0]
+        if isinstance(err, dict):
+            return f"error notice {err.get('code')}: {err.get('message')}"
+    return repr(event)
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception to raise instead of ``group``, or None to keep the group.
+
+    The client's tasks never raise, so a group out of its nursery holds the
+    user's exception and/or ``Cancelled`` from an enclosing cancel scope.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    if len(others) == 1:
+        return others[0]
+    if not others and leaves:
+        return leaves[0]
+    return None
+
+
+@asynccontextmanager
+async def _run(client: Client) -> AsyncIterator[Client]:
+    """Run the client's reader and writer around the ``async with`` body."""
+    collapsed: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            client._running = True
+            nursery.start_soon(client._run_tasks)
+            ok = False
+            try:
+                yield client
+                ok = True
+            finally:
+                if ok:
+                    await client.aclose()
+                else:
+                    client._fail(ConnectionClosed("the client closed the connection"))
+                    await trio.aclose_forcefully(client._stream)
+    except BaseExceptionGroup as group:
+        collapsed = _collapse(group)
+        if collapsed is None:
+            raise
+    if collapsed is not None:
+        try:
+            raise collapsed
+        finally:
+            collapsed = None
+
+
+@asynccontextmanager
+async def open_client_over_stream(
+    stream: trio.abc.Stream,
+    *,
+    on_notification: NotificationHandler | None = None,
+    max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+) -> AsyncIterator[Client]:
+    """Speak the framed protocol over any Trio stream (TLS, unix sockets, tests).
+
+    Sends the preamble, waits for the server's hello, then yields a
+    :class:`Client`. The client owns ``stream`` and closes it on exit. Wrap
+    the ``async with`` in ``trio.fail_after`` to bound the wait for the hello.
+
+    Args:
+        stream: a connected stream; nothing may have been sent on it yet.
+        on_notification: called as ``on_notification(method, params)`` from
+            the reader task for every server notification except ``hello``
+            (for example ``("error", [{"code": ..., "message": ...}])``). It
+            must not block; if it raises, the connection is closed.
+        max_frame: the largest frame accepted from the server, in bytes.
+
+    Raises:
+        ConnectionClosed: the server closed the connection (or sent something
+            else) before its hello; the stream is closed.
+    """
+    client = await _started(stream, on_notification, max_frame)
+    async with _run(client):
+        yield client
+
+
+async def _started(
+    stream: trio.abc.Stream, on_notification: NotificationHandler | None, max_frame: int
+) -> Client:
+    """A client past the server's hello; ``stream`` is closed if that fails."""
+    client = Client(stream, on_notification=on_notification, max_frame=max_frame)
+    try:
+        await client._handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return client
+
+
+@asynccontextmanager
+async def open_client(
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    on_notification: NotificationHandler | None = None,
+    max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+) -> AsyncIterator[Client]:
+    """Connect to a trio_echo server over TCP and yield a :class:`Client`.
+
+    Returns once the server's hello has arrived; the connection is closed
+    when the ``async with`` block exits (pending calls then fail with
+    :class:`ConnectionClosed`)::
+
+        async with trio_echo.open_client("127.0.0.1", 7000) as client:
+            print(await client.call("echo", "hi"))
+
+    Args:
+        host: the server's host name or address.
+        port: the server's port.
+        connect_timeout: seconds allowed for connecting plus the hello
+            (``None`` waits forever).
+        on_notification: see :func:`open_client_over_stream`.
+        max_frame: the largest frame accepted from the server, in bytes.
+
+    Raises:
+        OSError: the connection could not be made (refused, unreachable, ...).
+        TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
+        ConnectionClosed: the server closed the connection before its hello.
+    """
+    client: Client | None = None
+    with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
+        # On a timeout, open_tcp_stream and _started close what they opened.
+        client = await _started(await trio.open_tcp_stream(host, port), on_notification, max_frame)
+    if client is None:
+        raise TimeoutError(f"connecting to {host}:{port} timed out after {connect_timeout:g} s")
+    async with _run(client):
+        yield client
