@@ -95,3 +95,68 @@ async def framed_peer(port: int) -> AsyncIterator[Peer]:
         peer = Peer(stream)
         await peer.start()
         yield peer
+
+
+class ServerProcess:
+    """``python -m trio_echo serve`` in a subprocess on a free port (use as a context manager)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_echo", "serve", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.log: list[str] = []
+        self.port = self._wait_for_port()
+        # Keep draining stderr so a chatty server never blocks on a full pipe.
+        import threading
+
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def _wait_for_port(self) -> int:
+        import re
+
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            match = re.search(r"listening on \S+:(\d+)", line)
+            if match:
+                return int(match.group(1))
+        raise RuntimeError("server exited before listening:\n" + "".join(self.log))
+
+    def stop(self, sig: int | None = None, timeout: float = 30) -> int:
+        """Signal the server (SIGTERM by default) and return its exit code."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._drain.join(5)
+        return code
+
+    def wait(self, timeout: float = 30) -> int:
+        """Wait for the server to exit by itself; return its exit code."""
+        code = self.proc.wait(timeout)
+        self._drain.join(5)
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._drain.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
