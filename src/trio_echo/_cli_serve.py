@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -100,6 +101,20 @@ def configure(sub: Any) -> None:
         help="on shutdown, how long to wait for requests in flight before cancelling them",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port via SO_REUSEPORT, each with its own "
+        "Trio loop (0 = one per core)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT so that several servers can share the port",
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -178,22 +193,71 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, AttributeError, ValueError) as exc:
         print(f"trio-echo serve: cannot load --app {args.app}: {exc}", file=sys.stderr)
         return 2
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
-        return trio.run(serve_until_signalled, server, args.host, args.port)
+        if workers > 1:
+            from ._workers import supervise
+
+            return trio.run(supervise, worker_argv(args), workers, args.host, args.port)
+        return trio.run(
+            functools.partial(
+                serve_until_signalled,
+                server,
+                args.host,
+                args.port,
+                reuse_port=args.reuse_port,
+                ready_fd=args.ready_fd,
+            )
+        )
     except OSError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 1
 
 
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` options of one worker process (port and ready fd excepted)."""
+    argv = [
+        "--host", args.host,
+        "--mode", args.mode,
+        "--max-frame", str(args.max_frame),
+        "--max-inflight", str(args.max_inflight),
+        "--max-connections", str(args.max_connections),
+        "--max-requests", str(args.max_requests),
+        "--idle-timeout", str(args.idle_timeout),
+        "--threads", str(args.threads),
+        "--grace", str(args.grace),
+        "--log-level", args.log_level,
+        "--workers", "1",
+        "--reuse-port",
+    ]  # fmt: skip
+    if args.app:
+        argv += ["--app", args.app]
+    if args.debug:
+        argv.append("--debug")
+    return argv
+
+
 async def serve_until_signalled(
-    server: Server, host: str, port: int, *, reuse_port: bool = False
+    server: Server,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    ready_fd: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
 
     Returns 0 after a graceful shutdown, 1 after a forced one.
     """
     forced = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    watched = [signal.SIGINT, signal.SIGTERM]
+    if ready_fd is not None:
+        # A --workers worker obeys its supervisor's SIGTERM only: a Ctrl-C in a
+        # terminal reaches the whole process group, and the supervisor passes
+        # it on as SIGTERM, so counting both would force a stop at once.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watched = [signal.SIGTERM]
+    with trio.open_signal_receiver(*watched) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop(
@@ -206,6 +270,11 @@ async def serve_until_signalled(
             addrs = ", ".join(_addr(sock.socket.getsockname()) for sock in listeners)
             mode = server.mode.value if server.mode else "auto"
             log.info("trio-echo listening on %s (mode %s, pid %d)", addrs, mode, os.getpid())
+            if ready_fd is not None:
+                # Tell the supervisor (--workers) that this worker accepts connections.
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
+                nursery.start_soon(_drain_when_orphaned, server)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not server.shutting_down:
@@ -217,6 +286,15 @@ async def serve_until_signalled(
                     nursery.cancel_scope.cancel()
     log.info("stopped%s", " (forced)" if forced else "")
     return 1 if forced else 0
+
+
+async def _drain_when_orphaned(server: Server) -> None:
+    """A worker whose supervisor died drains and exits instead of lingering."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event exists for this
+        await trio.sleep(1)
+    log.warning("supervisor (pid %d) is gone: shutting down", parent)
+    server.shutdown()
 
 
 def _addr(name: Any) -> str:
