@@ -161,7 +161,7 @@ async def test_1000_concurrent_calls_from_100_tasks() -> None:
                     for task in range(100):
                         nursery.start_soon(caller, task)
             assert len(results) == 1000 and all(results.values())
-            assert client._pending == {}
+            assert client._core.pending == {}
             # Requests queued in the same tick leave together, not one send_all each.
             assert stream.sends < 100, stream.sends
 
@@ -202,7 +202,7 @@ async def test_cancel_crosses_the_wire() -> None:
         stats = await settled_stats(client)
         assert stats["requests_in_flight"] == 0
         assert stats["errors"] == {"cancelled": 1}
-        assert client._pending == {}  # the late "cancelled" reply arrived and was dropped
+        assert client._core.pending == {}  # the late "cancelled" reply arrived and was dropped
         assert await client.call("echo", 1) == 1
 
 
@@ -253,7 +253,7 @@ async def test_server_timeout_reply_raises_deadline_exceeded() -> None:
 async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
     top = wire.MAX_MSGID
     async with fake_pair() as (client, fake):
-        client._next_msgid = top
+        client._core.next_msgid = top
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call, "sleep", 10)
             assert await fake.next_event() == wire.Request(top, "sleep", [10])
@@ -261,7 +261,7 @@ async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
         assert await fake.next_event() == wire.Cancel(top)
 
         # top is reserved until its late reply arrives: the next call wraps to 0.
-        client._next_msgid = top
+        client._core.next_msgid = top
         async with trio.open_nursery() as nursery:
             results: list[Any] = []
 
@@ -274,12 +274,12 @@ async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
         assert results == ["new"]
 
         # The late reply freed top.
-        client._next_msgid = top
+        client._core.next_msgid = top
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call, "echo", 3)
             assert await fake.next_event() == wire.Request(top, "echo", [3])
             await fake.send(wire.Response(top, 3))
-        assert client._pending == {}
+        assert client._core.pending == {}
 
 
 # --- errors ------------------------------------------------------------------------------

@@ -1,14 +1,249 @@
-"""The blocking client (issue #3): placeholder until the client lands."""
+"""The blocking client: plain sockets and threads, no Trio needed.
+
+Theory of operation. A :class:`BlockingClient` owns one socket and the same
+sans-IO :class:`~trio_echo._client_core.ClientCore` the async client uses.
+Each call registers a :class:`concurrent.futures.Future` under a fresh msgid,
+sends its request under a send lock, and waits on the future. One daemon
+reader thread reads the socket and completes the futures by msgid, so any
+number of threads can call at once on one connection. The core's state (the
+pending table, the msgid counter) is touched only under ``_lock``; the socket
+is written only under ``_send_lock`` (never held together with ``_lock``, so
+a slow send never stalls the reader). A caller that gives up (``timeout``, or
+``KeyboardInterrupt`` in a REPL) sends ``[3, msgid]`` and keeps the msgid
+reserved until the late reply arrives.
+"""
 
 from __future__ import annotations
 
+import socket
+import threading
+from concurrent.futures import Future
+from types import TracebackType
 from typing import Any
 
+from ._client_core import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_RECEIVE_MAX_FRAME,
+    RECEIVE_SIZE,
+    ClientBase,
+    ClientCore,
+    NotificationHandler,
+    fresh,
+    lost,
+)
+from ._errors import ConnectionClosed, DeadlineExceeded
 
-class BlockingClient:
-    """Placeholder."""
+__all__ = ["BlockingClient", "connect"]
 
 
-def connect(*args: Any, **kwargs: Any) -> Any:
-    """Placeholder."""
-    raise NotImplementedError
+class BlockingClient(ClientBase[Future[Any]]):
+    """A thread-safe connection to a trio_echo server; calls from many threads share it.
+
+    Get one from :func:`connect`. Use it as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        on_notification: NotificationHandler | None = None,
+        max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ) -> None:
+        """Take over a connected socket whose server has not been spoken to yet.
+
+        Performs the handshake with the socket's current timeout.
+
+        Raises:
+            ConnectionClosed: the server closed the connection before its hello.
+            TimeoutError: the socket's timeout passed before the hello.
+        """
+        self._sock = sock
+        self._core: ClientCore[Future[Any]] = ClientCore(on_notification, max_frame)
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        try:
+            sock.sendall(self._core.conn.initiate())
+            while not self._core.receive_hello(sock.recv(RECEIVE_SIZE)):
+                pass
+        except ConnectionError as exc:  # reset or broken pipe; not a timeout
+            raise lost("the connection was lost before the server's hello", exc) from exc
+        sock.settimeout(None)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"trio_echo reader {sock.getpeername()}", daemon=True
+        )
+        self._reader.start()
+
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` with positional ``params``; block until its result arrives.
+
+        Args:
+            method: the method name.
+            *params: its parameters (any msgpack-able values).
+            timeout: seconds. Sent to the server as ``timeout_ms`` and also
+                enforced here; either way the call raises DeadlineExceeded.
+
+        Raises:
+            RemoteError: the server answered with an error; the subclass names
+                the code. The connection stays usable.
+            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
+            FrameTooLarge: the request exceeds the server's ``max_frame``; it
+                was not sent and the connection stays usable.
+            ConnectionClosed: the connection is closed or was lost. It stays closed.
+            ValueError: ``timeout`` is not a positive number.
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        future: Future[Any] = Future()
+        with self._lock:
+            msgid, data = self._core.request(method, params, timeout, future)
+        try:
+            self._send(data)
+            return future.result(timeout)
+        except TimeoutError:
+            if self._give_up(msgid, future):
+                raise DeadlineExceeded(
+                    f"{method}: no reply within {timeout:g} s (local deadline)"
+                ) from None
+            return future.result()  # the reply won the race
+        except BaseException:
+            self._give_up(msgid, future)  # e.g. KeyboardInterrupt: cancel on the server too
+            raise
+
+    def notify(self, method: str, *params: Any) -> None:
+        """Send a notification: the server runs ``method`` and never replies.
+
+        Raises:
+            FrameTooLarge: the message exceeds the server's ``max_frame``.
+            ConnectionClosed: the connection is closed or was lost.
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        with self._lock:
+            data = self._core.notification(method, params)
+        self._send(data)
+
+    def close(self) -> None:
+        """Close the connection; pending calls fail with :class:`ConnectionClosed`.
+
+        Closing twice is fine.
+        """
+        self._fail(ConnectionClosed("the client closed the connection"))
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+        self._sock.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        try:
+            with self._send_lock:
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._fail(lost("sending failed", exc))
+            self._core.check_open()
+            raise  # pragma: no cover - check_open raised
+
+    def _give_up(self, msgid: int, future: Future[Any]) -> bool:
+        """Abandon a call whose caller stopped waiting.
+
+        Returns False if the call's outcome was already taken from the
+        pending table (so it is, or is about to be, in ``future``).
+        """
+        with self._lock:
+            owned = self._core.pending.get(msgid) is future
+            cancel = self._core.abandon(msgid, future)
+        if cancel is not None:
+            try:
+                self._send(cancel)
+            except ConnectionClosed:
+                pass
+        return owned
+
+    def _read_loop(self) -> None:
+        core = self._core
+        lock = self._lock
+        try:
+            while core.error is None:
+                data = self._sock.recv(RECEIVE_SIZE)
+                with lock:
+                    replies = core.receive(data)
+                for future, result, error in replies:
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+                if core.notifications:
+                    core.deliver_notifications()
+        except Exception as exc:  # OSError, or a bug: either way no call may hang
+            self._fail(lost("the connection was lost", exc))
+        if core.error is not None:
+            self._fail(core.error)
+
+    def _fail(self, error: ConnectionClosed) -> None:
+        with self._lock:
+            waiters = self._core.fail(error)
+            final = self._core.error or error
+        for future in waiters:
+            future.set_exception(fresh(final))
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    on_notification: NotificationHandler | None = None,
+    max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+) -> BlockingClient:
+    """Connect to a trio_echo server and return a :class:`BlockingClient`.
+
+    Returns once the server's hello has arrived::
+
+        with trio_echo.connect("127.0.0.1", 7000) as client:
+            print(client.call("echo", "hi"))
+
+    Args:
+        host: the server's host name or address.
+        port: the server's port.
+        connect_timeout: seconds allowed for connecting plus the hello
+            (``None`` waits forever).
+        on_notification: called as ``on_notification(method, params)`` from
+            the reader thread for every server notification except ``hello``.
+            It must not block or call the client; if it raises, the
+            connection is closed.
+        max_frame: the largest frame accepted from the server, in bytes.
+
+    Raises:
+        OSError: the connection could not be made (refused, unreachable, ...).
+        TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
+        ConnectionClosed: the server closed the connection before its hello.
+    """
+    sock: socket.socket | None = None
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return BlockingClient(sock, on_notification=on_notification, max_frame=max_frame)
+    except TimeoutError:
+        if sock is not None:
+            sock.close()
+        raise TimeoutError(
+            f"connecting to {host}:{port} timed out after {connect_timeout:g} s"
+        ) from None
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise

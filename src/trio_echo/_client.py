@@ -1,20 +1,21 @@
 """The async Trio client: one connection, many concurrent calls.
 
 Theory of operation. A :class:`Client` owns one stream and one sans-IO
-:class:`~trio_echo.wire.Connection`. Two internal tasks run per connection,
-never one per call:
+:class:`~trio_echo._client_core.ClientCore` (the wire.Connection, msgids and
+the table of pending calls, shared with the blocking client). Two internal
+tasks run per connection, never one per call:
 
 * the **reader** is the only task that calls ``receive_some``. It feeds the
-  bytes to the sans-IO core and hands each response straight to the task that
-  is waiting for it, found by msgid in ``_pending``;
+  bytes to the core and hands each response straight to the task that is
+  waiting for it, found by msgid in the pending table;
 * the **writer** is the only task that calls ``send_all``. Callers append
   encoded frames to ``_outbox`` and return to waiting at once, so the frames
   queued while the writer was busy leave in one ``send_all``, and a caller
   that is cancelled can queue its ``[3, msgid]`` cancel without blocking.
 
 A waiting caller parks with ``trio.lowlevel.wait_task_rescheduled`` (no
-``Event`` per call). When it is cancelled, its msgid stays in ``_pending``
-marked abandoned, so it is never reused until the late reply arrives (and is
+``Event`` per call). When it is cancelled, its msgid stays in the pending
+table marked abandoned, so it is never reused until the late reply arrives (and is
 dropped) or the connection ends.
 
 The internal tasks never raise: a failure is recorded on the client, every
@@ -25,52 +26,39 @@ So the body of ``async with open_client(...)`` sees plain exceptions, never an
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import outcome
 import trio
 
-from . import wire
-from ._errors import ConnectionClosed, DeadlineExceeded, FrameTooLarge, remote_error
+from ._client_core import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_RECEIVE_MAX_FRAME,
+    RECEIVE_SIZE,
+    ClientBase,
+    ClientCore,
+    NotificationHandler,
+    fresh,
+    lost,
+)
+from ._errors import ConnectionClosed, DeadlineExceeded
 
 __all__ = ["Client", "NotificationHandler", "open_client", "open_client_over_stream"]
 
-log = logging.getLogger("trio_echo.client")
-
-#: A callback for server notifications other than ``hello``: ``(method, params)``.
-NotificationHandler = Callable[[str, list[Any]], None]
-
-#: Bytes asked of ``receive_some`` at a time.
-RECEIVE_SIZE: Final = 64 * 1024
 #: Once this many bytes wait in the outbox, new calls wait for the writer.
 OUTBOX_HIGH_WATER_BYTES: Final = 1024 * 1024
-#: Default bound on one frame received from the server.
-DEFAULT_RECEIVE_MAX_FRAME: Final = 4 * wire.DEFAULT_MAX_FRAME
-#: Default bound on connecting plus waiting for the server's hello, in seconds.
-DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 #: How long a clean close waits for queued frames to leave, in seconds.
 FLUSH_TIMEOUT_S: Final = 10.0
-#: A first frame longer than this cannot be a hello: the peer is no trio_echo server.
-MAX_HELLO_BYTES: Final = 64 * 1024
-
-#: Marks a msgid whose caller gave up (cancelled or timed out): reserved until its reply.
-_ABANDONED: Final = None
-_MISSING: Final = object()
 
 
-class Client:
+class Client(ClientBase[trio.lowlevel.Task]):
     """A connection to a trio_echo server on which any number of tasks call at once.
 
     Get one from :func:`open_client` or :func:`open_client_over_stream`; do
     not construct it directly.
-
-    Attributes:
-        server_info: the server's ``hello`` map (``protocol``, ``server``,
-            ``max_frame``, ``max_inflight``, ...).
     """
 
     def __init__(
@@ -81,14 +69,7 @@ class Client:
         max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ) -> None:
         self._stream = stream
-        self._conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame)
-        self._pack = wire.make_packer()
-        self._on_notification = on_notification
-        self.server_info: dict[str, Any] = {}
-        self._server_max_frame = wire.DEFAULT_MAX_FRAME
-        # msgid -> the waiting task, or _ABANDONED once its caller gave up.
-        self._pending: dict[int, trio.lowlevel.Task | None] = {}
-        self._next_msgid = 1
+        self._core: ClientCore[trio.lowlevel.Task] = ClientCore(on_notification, max_frame)
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._writing = False
@@ -97,15 +78,8 @@ class Client:
         # Cancelled to stop the reader and writer; never the body's scope.
         self._tasks_scope = trio.CancelScope()
         self._running = False
-        self._error: ConnectionClosed | None = None
-        self._last_notice = ""
 
     # -- public API ------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection has ended (closed by us, by the server, or lost)."""
-        return self._error is not None
 
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         """Call ``method`` with positional ``params`` and return its result.
@@ -131,21 +105,16 @@ class Client:
             ConnectionClosed: the connection is closed or was lost, before or
                 during the call. It stays closed.
             ValueError: ``timeout`` is not a positive number.
+            TypeError: a parameter cannot be encoded as msgpack.
         """
-        options: dict[str, Any] | None = None
-        if timeout is not None:
-            if not timeout > 0 or math.isinf(timeout):
-                raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-            options = {"timeout_ms": timeout * 1000.0}
         await self._wait_for_outbox_room()
-        msgid = self._allocate_msgid()
-        data = wire.encode_request(msgid, method, params, options, pack=self._pack)
-        self._check_size(data)
+        task = trio.lowlevel.current_task()
+        msgid, data = self._core.request(method, params, timeout, task)
         self._queue(data)
         if timeout is None:
-            return await self._wait_for_reply(msgid)
+            return await self._wait_for_reply(msgid, task)
         with trio.move_on_after(timeout):
-            return await self._wait_for_reply(msgid)
+            return await self._wait_for_reply(msgid, task)
         raise DeadlineExceeded(f"{method}: no reply within {timeout:g} s (local deadline)")
 
     async def notify(self, method: str, *params: Any) -> None:
@@ -157,12 +126,11 @@ class Client:
         Raises:
             FrameTooLarge: the message is larger than the server's ``max_frame``.
             ConnectionClosed: the connection is closed or was lost.
+            TypeError: a parameter cannot be encoded as msgpack.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._wait_for_outbox_room()
-        data = wire.encode_notification(method, params, pack=self._pack)
-        self._check_size(data)
-        self._queue(data)
+        self._queue(self._core.notification(method, params))
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def aclose(self) -> None:
@@ -173,21 +141,12 @@ class Client:
         """
         if self._running:
             with trio.move_on_after(FLUSH_TIMEOUT_S):
-                while (self._outbox or self._writing) and self._error is None:
+                while (self._outbox or self._writing) and not self.closed:
                     await self._drained_lot.park()
         self._fail(ConnectionClosed("the client closed the connection"))
         await trio.aclose_forcefully(self._stream)
 
     # -- sending -------------------------------------------------------------------------
-
-    def _check_size(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._closed_error()
-        if len(data) - wire.HEADER_SIZE > self._server_max_frame:
-            raise FrameTooLarge(
-                f"message of {len(data) - wire.HEADER_SIZE} bytes exceeds the server's "
-                f"max_frame ({self._server_max_frame}); it was not sent"
-            )
 
     def _queue(self, data: bytes) -> None:
         self._outbox.append(data)
@@ -196,12 +155,10 @@ class Client:
             self._writer_lot.unpark()
 
     async def _wait_for_outbox_room(self) -> None:
-        if self._error is not None:
-            raise self._closed_error()
+        self._core.check_open()
         while self._outbox_bytes > OUTBOX_HIGH_WATER_BYTES:
             await self._drained_lot.park()
-            if self._error is not None:
-                raise self._closed_error()
+            self._core.check_open()
 
     async def _writer(self) -> None:
         outbox = self._outbox
@@ -217,139 +174,56 @@ class Client:
                 self._writing = False
                 self._drained_lot.unpark_all()
         except Exception as exc:  # never into the nursery: see the module docstring
-            self._fail(_lost("sending failed", exc))
+            self._fail(lost("sending failed", exc))
 
     # -- receiving -----------------------------------------------------------------------
 
-    def _allocate_msgid(self) -> int:
-        pending = self._pending
-        if len(pending) > wire.MAX_MSGID:  # pragma: no cover - 4 billion calls in flight
-            raise RuntimeError("every msgid is in flight")
-        msgid = self._next_msgid
-        while msgid in pending:
-            msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
-        self._next_msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
-        return msgid
-
-    async def _wait_for_reply(self, msgid: int) -> Any:
-        task = trio.lowlevel.current_task()
-        self._pending[msgid] = task
-
+    async def _wait_for_reply(self, msgid: int, task: trio.lowlevel.Task) -> Any:
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             # Cancelled while waiting: keep the msgid reserved and tell the server.
-            if self._pending.get(msgid, _MISSING) is task:
-                self._pending[msgid] = _ABANDONED
-                if self._error is None:
-                    self._queue(wire.encode_cancel(msgid, pack=self._pack))
+            cancel = self._core.abandon(msgid, task)
+            if cancel is not None:
+                self._queue(cancel)
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _handshake(self) -> None:
         """Send the preamble and wait for the server's hello."""
-        head = b""
+        core = self._core
         try:
-            await self._stream.send_all(self._conn.initiate())
-            while True:
-                event = self._conn.next_event()
-                if event is not wire.NEED_DATA:
-                    break
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-                self._conn.receive_data(data)
-                if len(head) < wire.HEADER_SIZE:
-                    head += data
-                    length = int.from_bytes(head[: wire.HEADER_SIZE], "big")
-                    if len(head) >= wire.HEADER_SIZE and length > MAX_HELLO_BYTES:
-                        raise ConnectionClosed(
-                            "the peer is not a trio_echo framed server (it answered "
-                            f"{head[:8].hex(' ')}; a raw echo server sends the preamble back)"
-                        )
-        except EOFError:
-            raise ConnectionClosed("the server closed the connection before its hello") from None
+            await self._stream.send_all(core.conn.initiate())
+            while not core.receive_hello(await self._stream.receive_some(RECEIVE_SIZE)):
+                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _lost("the connection was lost before the server's hello", exc) from exc
-        if isinstance(event, wire.Notification) and event.method == "hello":
-            info = event.params[0] if event.params else None
-            if not isinstance(info, dict):
-                raise ConnectionClosed(f"the server's hello is malformed: {event.params!r}")
-            self.server_info = info
-            max_frame = info.get("max_frame")
-            if type(max_frame) is int and max_frame > 0:
-                self._server_max_frame = max_frame
-            return
-        raise ConnectionClosed(f"expected the server's hello, got {_describe(event)}")
+            raise lost("the connection was lost before the server's hello", exc) from exc
 
     async def _reader(self) -> None:
+        core = self._core
+        reschedule = trio.lowlevel.reschedule
         try:
-            self._dispatch_events()
-            while self._error is None:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    self._fail(
-                        ConnectionClosed(f"the server closed the connection{self._last_notice}")
+            data: bytes | bytearray | None = None  # first, the events that arrived with the hello
+            while True:
+                for task, result, error in core.receive(data):
+                    reschedule(
+                        task, outcome.Value(result) if error is None else outcome.Error(error)
                     )
+                if core.notifications:
+                    core.deliver_notifications()
+                if core.error is not None:
+                    self._fail(core.error)
                     return
-                self._conn.receive_data(data)
-                self._dispatch_events()
+                data = await self._stream.receive_some(RECEIVE_SIZE)
         except Exception as exc:  # never into the nursery: see the module docstring
-            self._fail(_lost("the connection was lost", exc))
-
-    def _dispatch_events(self) -> None:
-        conn = self._conn
-        pending = self._pending
-        while True:
-            event = conn.next_event()
-            kind = type(event)
-            if kind is wire.Response or kind is wire.ErrorResponse:
-                assert isinstance(event, wire.Response | wire.ErrorResponse)
-                task = pending.pop(event.msgid, _MISSING)
-                if task is _MISSING or task is _ABANDONED:
-                    continue  # a late reply to a cancelled call, or junk: dropped
-                assert isinstance(task, trio.lowlevel.Task)
-                if isinstance(event, wire.Response):
-                    trio.lowlevel.reschedule(task, outcome.Value(event.result))
-                else:
-                    exc = remote_error(event.code, event.message, event.data)
-                    trio.lowlevel.reschedule(task, outcome.Error(exc))
-            elif event is wire.NEED_DATA:
-                return
-            elif isinstance(event, wire.Notification):
-                self._notification(event)
-            else:
-                self._fail(ConnectionClosed(f"protocol error from the server: {_describe(event)}"))
-                return
-
-    def _notification(self, event: wire.Notification) -> None:
-        if event.method == "hello":
-            return
-        if event.method == "error" and event.params and isinstance(event.params[0], dict):
-            err = event.params[0]
-            self._last_notice = f" after an error notice: {err.get('code')}: {err.get('message')}"
-        if self._on_notification is not None:
-            try:
-                self._on_notification(event.method, event.params)
-            except Exception as exc:
-                self._fail(_lost("the notification callback raised", exc))
+            self._fail(lost("the connection was lost", exc))
 
     # -- ending --------------------------------------------------------------------------
 
-    def _closed_error(self) -> ConnectionClosed:
-        """A fresh exception per raise: tasks must not share one traceback."""
-        assert self._error is not None
-        exc = ConnectionClosed(*self._error.args)
-        exc.__cause__ = self._error.__cause__
-        return exc
-
     def _fail(self, error: ConnectionClosed) -> None:
         """End the connection: fail every pending call, stop the internal tasks."""
-        if self._error is not None:
-            return
-        self._error = error
-        pending = self._pending
-        self._pending = {}
-        for task in pending.values():
-            if task is not None:
-                trio.lowlevel.reschedule(task, outcome.Error(self._closed_error()))
+        core = self._core
+        for task in core.fail(error):
+            trio.lowlevel.reschedule(task, outcome.Error(fresh(core.error or error)))
         self._outbox.clear()
         self._outbox_bytes = 0
         self._drained_lot.unpark_all()
@@ -364,22 +238,6 @@ class Client:
                     nursery.start_soon(self._writer)
         finally:
             self._running = False
-
-
-def _lost(what: str, exc: BaseException) -> ConnectionClosed:
-    error = ConnectionClosed(f"{what}: {exc or type(exc).__name__}")
-    error.__cause__ = exc
-    return error
-
-
-def _describe(event: object) -> str:
-    if isinstance(event, wire.ProtocolViolation):
-        return f"{event.code}: {event.message}"
-    if isinstance(event, wire.Notification) and event.method == "error" and event.params:
-        err = event.params[0]
-        if isinstance(err, dict):
-            return f"error notice {err.get('code')}: {err.get('message')}"
-    return repr(event)
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

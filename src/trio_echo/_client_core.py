@@ -1,0 +1,279 @@
+"""Client bookkeeping shared by the async and the blocking client, with no I/O.
+
+:class:`ClientCore` wraps a client-role :class:`~trio_echo.wire.Connection`
+and adds what every client needs: the hello handshake, msgid allocation, the
+table of pending calls (msgid -> waiter, whatever a waiter is for the caller:
+a Trio task or a thread's future), matching replies to waiters, and turning
+error responses into :class:`RemoteError` subclasses. The async client drives
+it from one Trio task; the blocking client from a reader thread, under a lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar
+
+from . import wire
+from ._errors import ConnectionClosed, FrameTooLarge, RemoteError, remote_error
+
+__all__ = ["DEFAULT_RECEIVE_MAX_FRAME", "ClientBase", "ClientCore", "NotificationHandler", "lost"]
+
+#: A callback for server notifications other than ``hello``: ``(method, params)``.
+NotificationHandler = Callable[[str, list[Any]], None]
+
+#: Bytes asked of the transport per read.
+RECEIVE_SIZE: Final = 64 * 1024
+#: Default bound on one frame received from the server.
+DEFAULT_RECEIVE_MAX_FRAME: Final = 4 * wire.DEFAULT_MAX_FRAME
+#: Default bound on connecting plus waiting for the server's hello, in seconds.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
+#: A first frame longer than this cannot be a hello: the peer is no trio_echo server.
+MAX_HELLO_BYTES: Final = 64 * 1024
+
+W = TypeVar("W")
+
+#: A reply matched to its waiter: ``(waiter, result, error)``; ``error`` is None on success.
+Reply = tuple[W, Any, RemoteError | None]
+
+
+def lost(what: str, exc: BaseException) -> ConnectionClosed:
+    """A :class:`ConnectionClosed` saying ``what`` happened, caused by ``exc``."""
+    error = ConnectionClosed(f"{what}: {exc or type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+def fresh(error: ConnectionClosed) -> ConnectionClosed:
+    """A copy of ``error`` to raise: callers must not share one traceback."""
+    exc = ConnectionClosed(*error.args)
+    exc.__cause__ = error.__cause__
+    return exc
+
+
+def timeout_options(timeout: float | None) -> dict[str, Any] | None:
+    """The request options carrying ``timeout`` (seconds) as ``timeout_ms``.
+
+    Raises:
+        ValueError: ``timeout`` is not a positive, finite number.
+    """
+    if timeout is None:
+        return None
+    if not timeout > 0 or math.isinf(timeout):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return {"timeout_ms": timeout * 1000.0}
+
+
+class ClientCore(Generic[W]):
+    """The sans-IO half of a client connection; see the module docstring.
+
+    Attributes:
+        server_info: the server's hello map, once :meth:`receive_hello` returned True.
+        pending: msgid -> waiter, or ``None`` for a call whose caller gave up;
+            such a msgid stays reserved until its late reply arrives.
+        error: set once the connection is finished (EOF, or bad input).
+    """
+
+    def __init__(self, on_notification: NotificationHandler | None, max_frame: int) -> None:
+        self.conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame)
+        self.pack = wire.make_packer()
+        self.on_notification = on_notification
+        self.server_info: dict[str, Any] = {}
+        self.server_max_frame = wire.DEFAULT_MAX_FRAME
+        self.pending: dict[int, W | None] = {}
+        self.next_msgid = 1
+        self.error: ConnectionClosed | None = None
+        self.notifications: list[wire.Notification] = []
+        self._head = b""
+        self._last_notice = ""
+
+    # -- the handshake -------------------------------------------------------------------
+
+    def receive_hello(self, data: bytes | bytearray) -> bool:
+        """Feed bytes read before the hello (``b""`` = EOF); True once it has arrived.
+
+        Raises:
+            ConnectionClosed: the server closed, refused, or is not a trio_echo
+                framed server (a raw echo server sends the preamble back).
+        """
+        self.conn.receive_data(bytes(data))
+        if len(self._head) < wire.HEADER_SIZE:
+            self._head += data
+            length = int.from_bytes(self._head[: wire.HEADER_SIZE], "big")
+            if len(self._head) >= wire.HEADER_SIZE and length > MAX_HELLO_BYTES:
+                raise ConnectionClosed(
+                    "the peer is not a trio_echo framed server (it answered "
+                    f"{self._head[:8].hex(' ')}; a raw echo server sends the preamble back)"
+                )
+        try:
+            event = self.conn.next_event()
+        except EOFError:
+            raise ConnectionClosed("the server closed the connection before its hello") from None
+        if event is wire.NEED_DATA:
+            return False
+        if isinstance(event, wire.Notification) and event.method == "hello":
+            info = event.params[0] if event.params else None
+            if not isinstance(info, dict):
+                raise ConnectionClosed(f"the server's hello is malformed: {event.params!r}")
+            self.server_info = info
+            max_frame = info.get("max_frame")
+            if type(max_frame) is int and max_frame > 0:
+                self.server_max_frame = max_frame
+            return True
+        raise ConnectionClosed(f"expected the server's hello, got {_describe(event)}")
+
+    # -- sending -------------------------------------------------------------------------
+
+    def request(
+        self, method: str, params: tuple[Any, ...], timeout: float | None, waiter: W
+    ) -> tuple[int, bytes]:
+        """Register ``waiter`` under a fresh msgid; return the msgid and the request's bytes.
+
+        Raises:
+            ConnectionClosed: the connection is finished.
+            FrameTooLarge: the request exceeds the server's ``max_frame`` (not registered).
+            ValueError: a bad ``timeout``.
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        self.check_open()
+        options = timeout_options(timeout)
+        msgid = self._allocate_msgid()
+        data = wire.encode_request(msgid, method, params, options, pack=self.pack)
+        self._check_size(data)
+        self.pending[msgid] = waiter
+        return msgid, data
+
+    def notification(self, method: str, params: tuple[Any, ...]) -> bytes:
+        """The bytes of a notification.
+
+        Raises:
+            ConnectionClosed: the connection is finished.
+            FrameTooLarge: it exceeds the server's ``max_frame``.
+        """
+        self.check_open()
+        data = wire.encode_notification(method, params, pack=self.pack)
+        self._check_size(data)
+        return data
+
+    def abandon(self, msgid: int, waiter: W) -> bytes | None:
+        """The caller of ``msgid`` gave up: keep the msgid reserved, return the cancel to send.
+
+        Returns None if the reply already arrived or the connection is finished.
+        """
+        if self.pending.get(msgid) is not waiter:
+            return None
+        self.pending[msgid] = None
+        return None if self.error is not None else wire.encode_cancel(msgid, pack=self.pack)
+
+    def check_open(self) -> None:
+        """Raises: ConnectionClosed: the connection is finished."""
+        if self.error is not None:
+            raise fresh(self.error)
+
+    def _check_size(self, data: bytes) -> None:
+        size = len(data) - wire.HEADER_SIZE
+        if size > self.server_max_frame:
+            raise FrameTooLarge(
+                f"message of {size} bytes exceeds the server's max_frame "
+                f"({self.server_max_frame}); it was not sent"
+            )
+
+    def _allocate_msgid(self) -> int:
+        pending = self.pending
+        if len(pending) > wire.MAX_MSGID:  # pragma: no cover - 4 billion calls in flight
+            raise RuntimeError("every msgid is in flight")
+        msgid = self.next_msgid
+        while msgid in pending:
+            msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
+        self.next_msgid = msgid + 1 if msgid < wire.MAX_MSGID else 0
+        return msgid
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def receive(self, data: bytes | bytearray | None) -> list[Reply[W]]:
+        """Feed bytes (``b""`` = EOF); return the replies they complete, with their waiters.
+
+        ``None`` feeds nothing and handles events already buffered (those that
+        came with the hello). Late replies to abandoned calls are dropped.
+        Server notifications other than ``hello`` are queued in
+        :attr:`notifications`. On EOF or bad input :attr:`error` is set; the
+        caller then fails what is pending.
+        """
+        conn = self.conn
+        pending = self.pending
+        replies: list[Reply[W]] = []
+        if data is not None:
+            conn.receive_data(bytes(data))
+        while True:
+            event = conn.next_event()
+            kind = type(event)
+            if kind is wire.Response or kind is wire.ErrorResponse:
+                assert isinstance(event, wire.Response | wire.ErrorResponse)
+                waiter = pending.pop(event.msgid, None)
+                if waiter is None:
+                    continue  # a late reply to an abandoned call (or junk): dropped
+                if isinstance(event, wire.Response):
+                    replies.append((waiter, event.result, None))
+                else:
+                    error = remote_error(event.code, event.message, event.data)
+                    replies.append((waiter, None, error))
+            elif event is wire.NEED_DATA:
+                if data == b"":
+                    self.error = ConnectionClosed(
+                        f"the server closed the connection{self._last_notice}"
+                    )
+                return replies
+            elif isinstance(event, wire.Notification):
+                if event.method == "error":
+                    self._last_notice = f" after an error notice: {_describe(event)}"
+                if event.method != "hello":
+                    self.notifications.append(event)
+            else:
+                self.error = ConnectionClosed(f"protocol error from the server: {_describe(event)}")
+                return replies
+
+    def deliver_notifications(self) -> None:
+        """Pass queued notifications to the callback; if it raises, set :attr:`error`."""
+        notes, self.notifications = self.notifications, []
+        if self.on_notification is None:
+            return
+        for note in notes:
+            try:
+                self.on_notification(note.method, note.params)
+            except Exception as exc:
+                if self.error is None:
+                    self.error = lost("the notification callback raised", exc)
+                return
+
+    def fail(self, error: ConnectionClosed) -> list[W]:
+        """Finish the connection with ``error``; return every waiter still pending."""
+        if self.error is None:
+            self.error = error
+        pending, self.pending = self.pending, {}
+        return [w for w in pending.values() if w is not None]
+
+
+class ClientBase(Generic[W]):
+    """What both clients expose of their core."""
+
+    _core: ClientCore[W]
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """The server's hello map: ``protocol``, ``server``, ``max_frame``, ``max_inflight``."""
+        return self._core.server_info
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended (closed by us, by the server, or lost)."""
+        return self._core.error is not None
+
+
+def _describe(event: object) -> str:
+    if isinstance(event, wire.ProtocolViolation):
+        return f"{event.code}: {event.message}"
+    if isinstance(event, wire.Notification) and event.method == "error" and event.params:
+        err = event.params[0]
+        if isinstance(err, dict):
+            return f"error notice {err.get('code')}: {err.get('message')}"
+    return repr(event)

@@ -1,0 +1,211 @@
+"""The blocking client, from plain threads, against a real server in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import trio
+
+import trio_echo
+from server_thread import ServerThread, server_thread
+from test_client import EXCEPTIONS
+from trio_echo import Service, wire
+from trio_echo._errors import remote_error
+
+
+class Gate:
+    """A server method that blocks until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.gate = trio.Event()
+        self.service = Service()
+
+        @self.service.method
+        async def block() -> str:
+            """Wait for the test."""
+            self.entered.set()
+            await self.gate.wait()
+            return "opened"
+
+        @self.service.method
+        def fail(code: str) -> None:
+            """Answer with the given error code."""
+            raise remote_error(code, f"failing with {code}")
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def srv(gate: Gate) -> Iterator[ServerThread]:
+    with server_thread(gate.service) as running:
+        yield running
+
+
+def test_call_server_info_and_close(srv: ServerThread) -> None:
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        assert client.server_info == srv.server.hello
+        assert client.call("echo", "x") == "x"
+        assert client.call("echo", b"\x00\x01") == b"\x00\x01"
+        assert client.call("ping") == "pong"
+        client.notify("echo", 1)
+    assert client.closed
+    with pytest.raises(trio_echo.ConnectionClosed):
+        client.call("ping")
+    srv.settle()
+    assert srv.server.notifications_total == 1
+
+
+def test_eight_threads_share_one_connection(srv: ServerThread, gate: Gate) -> None:
+    with trio_echo.connect("127.0.0.1", srv.port) as client, ThreadPoolExecutor(8) as pool:
+        # Thread 0's call stays in flight while the other 7 threads make 700 calls.
+        blocked = pool.submit(client.call, "block")
+        srv.run(gate.entered.wait)
+
+        def worker(n: int) -> bool:
+            return all(client.call("echo", [n, i]) == [n, i] for i in range(100))
+
+        assert all(pool.map(worker, range(1, 8)))
+        assert not blocked.done()
+        srv.run_sync(gate.gate.set)
+        assert blocked.result(timeout=10) == "opened"
+
+
+def test_each_error_code_maps_to_its_exception(srv: ServerThread) -> None:
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        for code, cls in EXCEPTIONS.items():
+            with pytest.raises(cls) as info:
+                client.call("fail", code)
+            assert (info.value.code, info.value.message) == (code, f"failing with {code}")
+        with pytest.raises(trio_echo.UnknownMethod):
+            client.call("nope")
+        assert client.call("echo", 1) == 1
+
+
+def test_timeout_cancels_on_the_server(srv: ServerThread) -> None:
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        with pytest.raises(trio_echo.DeadlineExceeded):
+            client.call("block", timeout=0.1)
+        srv.settle()
+        stats = client.call("stats")
+        assert stats["requests_in_flight"] == 0
+        assert set(stats["errors"]) <= {"timeout", "cancelled"}
+        assert client.call("echo", 2) == 2
+        with pytest.raises(ValueError, match="timeout"):
+            client.call("echo", 1, timeout=-1)
+
+
+def test_connection_loss_fails_pending_calls(srv: ServerThread, gate: Gate) -> None:
+    with trio_echo.connect("127.0.0.1", srv.port) as client, ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(client.call, "block") for _ in range(4)]
+        srv.run(gate.entered.wait)
+        srv.kill()
+        for call in calls:
+            with pytest.raises(trio_echo.ConnectionClosed):
+                call.result(timeout=10)
+        assert client.closed
+
+
+def test_oversized_request_is_refused_locally() -> None:
+    with (
+        server_thread(max_frame=1000) as running,
+        trio_echo.connect("127.0.0.1", running.port) as client,
+    ):
+        with pytest.raises(trio_echo.FrameTooLarge):
+            client.call("echo", b"x" * 2000)
+        assert client.call("echo", "ok") == "ok"
+
+
+def test_connect_failures() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(OSError):
+            trio_echo.connect("127.0.0.1", port)
+        sock.listen()  # accepts (in the kernel) but never says hello
+        with pytest.raises(TimeoutError, match="timed out"):
+            trio_echo.connect("127.0.0.1", port, connect_timeout=0.2)
+
+
+def test_close_before_hello() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def close_first() -> None:
+            conn, _ = listener.accept()
+            conn.close()
+
+        thread = threading.Thread(target=close_first)
+        thread.start()
+        with pytest.raises(trio_echo.ConnectionClosed, match="before"):
+            trio_echo.connect("127.0.0.1", listener.getsockname()[1])
+        thread.join()
+
+
+def test_notifications_reach_the_callback() -> None:
+    seen: list[tuple[str, list[Any]]] = []
+    got = threading.Event()
+
+    def on_notification(method: str, params: list[Any]) -> None:
+        seen.append((method, params))
+        got.set()
+
+    with (
+        server_thread() as running,
+        trio_echo.connect("127.0.0.1", running.port, on_notification=on_notification) as c,
+    ):
+        c.notify("no_such_method")  # notifications never answer, even errors
+        c._sock.sendall(b"\x00\x00\x00\x01\xc1")  # an undecodable frame
+        assert got.wait(timeout=10)
+        assert c.call("ping") == "pong"
+    assert seen == [("error", [{"code": "malformed", "message": seen[0][1][0]["message"]}])]
+
+
+class SocketPeer:
+    """The server end of a socketpair, driven by hand through wire.Connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conn = wire.Connection(wire.Role.SERVER)
+        sock.settimeout(10)
+
+    def send(self, *events: wire.Event) -> None:
+        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
+
+    def next_event(self) -> wire.Event:
+        while (event := self.conn.next_event()) is wire.NEED_DATA:
+            self.conn.receive_data(self.sock.recv(65536))
+        assert not isinstance(event, type(wire.NEED_DATA))
+        return event
+
+
+def test_local_timeout_sends_cancel_and_reserves_the_msgid() -> None:
+    client_sock, server_sock = socket.socketpair()
+    peer = SocketPeer(server_sock)
+    peer.send(wire.Notification("hello", [{"protocol": 1, "max_frame": 1 << 20}]))
+    with trio_echo.BlockingClient(client_sock) as client, ThreadPoolExecutor(1) as pool:
+        with pytest.raises(trio_echo.DeadlineExceeded, match="local deadline"):
+            client.call("sleep", 10, timeout=0.05)
+        assert peer.next_event() == wire.Request(1, "sleep", [10], {"timeout_ms": 50.0})
+        assert peer.next_event() == wire.Cancel(1)
+
+        client._core.next_msgid = 1  # 1 is still reserved, so the next call gets 2
+        call = pool.submit(client.call, "echo", "new")
+        assert peer.next_event() == wire.Request(2, "echo", ["new"])
+        peer.send(wire.Response(1, "late"), wire.Response(2, "new"))
+        assert call.result(timeout=10) == "new"
+
+        call = pool.submit(client.call, "echo", "lost")
+        assert isinstance(peer.next_event(), wire.Request)
+        server_sock.close()
+        with pytest.raises(trio_echo.ConnectionClosed):
+            call.result(timeout=10)
