@@ -328,3 +328,27 @@ async def test_ipv6_loopback() -> None:
             await peer.start()
             assert await peer.call(1, "ping") == Response(1, "pong")
         nursery.cancel_scope.cancel()
+
+
+async def test_connection_reset_mid_request_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    import struct
+
+    caplog.set_level("DEBUG", logger="trio_echo")
+    async with tcp_server() as (server, port):
+        for method, params in [("sleep", [5]), ("echo", [b"x" * 100_000])]:
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            conn = wire.Connection()
+            await sock.send(conn.initiate())
+            await sock.recv(65536)  # the hello: the server now runs the engine
+            await sock.send(conn.send(wire.Request(1, method, params)))
+            # SO_LINGER 0 turns close() into a TCP reset.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        async with framed_peer(port) as peer:
+            with trio.fail_after(10):
+                while server.stats()["connections_open"] != 1:  # noqa: ASYNC110 - no event
+                    await trio.sleep(0.01)
+            assert await peer.call(1, "ping") == Response(1, "pong")
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert any("lost" in r.getMessage() for r in caplog.records if r.levelname == "DEBUG")

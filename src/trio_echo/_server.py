@@ -370,10 +370,10 @@ class _ConnectionState:
             with self.whole_scope:
                 try:
                     await self._run()
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                    # A reset or a vanished peer is routine: one debug line, no traceback.
+                    exc = group.exceptions[0]
                     log.debug("connection %s lost: %s", self.peer, _cause(exc))
-                except OSError as exc:
-                    log.debug("connection %s failed: %s", self.peer, exc)
         finally:
             await trio.aclose_forcefully(stream)
 
