@@ -125,6 +125,12 @@ class Server:
             registry.include(service)
         self.service = registry
         self.methods: dict[str, Method] = registry.table()
+        # The engine's fast path: plain-def handlers with nothing to check first.
+        self.inline_methods: dict[str, Callable[..., Any]] = {
+            m.name: m.fn
+            for m in self.methods.values()
+            if m.kind is HandlerKind.INLINE and not m.checks
+        }
         self.pack = wire.make_packer()
         self.hello = {
             "protocol": wire.PROTOCOL_VERSION,
@@ -562,37 +568,34 @@ class _MessageConnection:
         ``max_inflight``; the caller keeps the rest for later.
         """
         server = self.server
-        methods = server.methods
+        inline = server.inline_methods
         pack = server.pack
         framed = self.framed
         out = self.outbox
         calls = self.calls
-        max_inflight = server.max_inflight
+        room = server.requests_in_flight < server.max_requests
         nbytes = 0
         for index, obj in enumerate(items):
             # Fast path: a well-formed request for a quick plain-def handler.
-            if (
-                type(obj) is list
-                and len(obj) == 4
-                and obj[0] == _REQUEST
-                and type(obj[1]) is int
-                and type(obj[2]) is str
-                and type(obj[3]) is list
-                and 0 <= obj[1] <= _MAX_MSGID
-            ):
-                method = methods.get(obj[2])
+            # Anything it does not take goes through parse_message below, which
+            # is the one definition of validity (so `obj[0] is _REQUEST`, a
+            # CPython small-int identity, can only send work to the slow path).
+            if type(obj) is list and len(obj) == 4 and obj[0] is _REQUEST:
+                msgid, name, params = obj[1], obj[2], obj[3]
                 if (
-                    method is not None
-                    and method.kind is HandlerKind.INLINE
-                    and not method.checks
-                    and server.requests_in_flight < server.max_requests
-                    and (not calls or obj[1] not in calls)
+                    type(name) is str
+                    and type(params) is list
+                    and type(msgid) is int
+                    and 0 <= msgid <= _MAX_MSGID
+                    and room
+                    and (fn := inline.get(name)) is not None
+                    and (not calls or msgid not in calls)
                 ):
                     server.requests_total += 1
                     try:
-                        body = pack([1, obj[1], None, method.fn(*obj[3])])
+                        body = pack([1, msgid, None, fn(*params)])
                     except Exception as exc:
-                        body = self._inline_failure(method, obj[1], obj[3], exc)
+                        body = self._inline_failure(server.methods[name], msgid, params, exc)
                     if framed:
                         out.append(len(body).to_bytes(4, "big"))
                     out.append(body)
@@ -601,13 +604,14 @@ class _MessageConnection:
             self.outbox_bytes += nbytes
             nbytes = 0
             if (
-                self.active >= max_inflight
+                self.active >= server.max_inflight
                 and type(obj) is list
                 and obj
                 and obj[0] in (wire.MessageType.REQUEST, wire.MessageType.NOTIFICATION)
             ):
                 return index
             self._dispatch(wire.parse_message(obj))
+            room = server.requests_in_flight < server.max_requests
         self.outbox_bytes += nbytes
         return len(items)
 
@@ -807,7 +811,7 @@ class _MessageConnection:
                 n = self.outbox_bytes
                 self.outbox = []
                 self.outbox_bytes = 0
-                if self.room.statistics().tasks_waiting:
+                if self.room:  # tasks are waiting for room
                     self.room.unpark_all()
                 await send_all(out[0] if len(out) == 1 else b"".join(out))
                 state.bytes_out += n
