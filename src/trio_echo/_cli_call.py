@@ -1,18 +1,206 @@
-"""``trio-echo call`` and ``trio-echo methods`` (owned by the client work, issue #3)."""
+"""``trio-echo call`` and ``trio-echo methods``: one request from the shell.
+
+Both use the blocking client. Arguments are JSON (falling back to plain
+strings) and results are printed as JSON, with bytes shown as
+``{"$bytes": "<base64>"}`` (the same form is accepted in arguments).
+
+Exit codes: 0 success; 1 the server answered with an error (a timeout
+included), printed to stderr as ``CODE: MESSAGE``; 2 the connection failed
+(refused, lost, no hello), printed as one line without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
+import math
+import sys
+from collections.abc import Callable
 from typing import Any
+
+import msgpack
+
+from ._blocking import BlockingClient, connect
+from ._cli_serve import DEFAULT_PORT
+from ._errors import ConnectionClosed, RemoteError
+
+__all__ = ["configure", "from_json", "parse_arg", "to_json"]
+
+#: Exit status when the server answered with an error.
+EXIT_REMOTE_ERROR = 1
+#: Exit status when the connection failed.
+EXIT_CONNECTION = 2
+
+_BYTES_KEY = "$bytes"
+
+ENCODING_HELP = (
+    "Each ARG is parsed as JSON, falling back to a plain string: 3 is an int, "
+    "'\"3\"' and hello are strings, '[1, \"a\"]' is an array. Bytes are written "
+    'and shown as {"$bytes": "<base64>"}. The result is printed as JSON. Exit '
+    "status: 0 success, 1 error response (code and message on stderr), 2 "
+    "connection failure."
+)
 
 
 def configure(sub: Any) -> None:
     """Add the ``call`` and ``methods`` subcommands."""
-    p = sub.add_parser("call", help="call a method on a server (not implemented yet)")
-    p.set_defaults(run=_todo)
-    p = sub.add_parser("methods", help="list a server's methods (not implemented yet)")
-    p.set_defaults(run=_todo)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "call",
+        help="call a method on a server and print the result as JSON",
+        description="Call METHOD with ARGs on a trio_echo server. " + ENCODING_HELP,
+    )
+    _connection_args(p)
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="deadline for the call, sent to the server as timeout_ms (default: none)",
+    )
+    p.add_argument("method", metavar="METHOD", help="the method to call, e.g. echo")
+    p.add_argument("args", metavar="ARG", nargs="*", help="parameters (JSON, else a string)")
+    p.set_defaults(run=run_call)
+
+    p = sub.add_parser(
+        "methods",
+        help="list a server's methods with their docs",
+        description="List the methods a trio_echo server serves, with their docs.",
+    )
+    _connection_args(p)
+    p.add_argument("--json", action="store_true", help="print the raw list as JSON")
+    p.set_defaults(run=run_methods)
 
 
-def _todo(args: argparse.Namespace) -> int:
-    raise SystemExit("not implemented yet")
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time allowed for connecting and the server's hello (default: %(default)s)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+# --- JSON <-> msgpack values ---------------------------------------------------------
+
+
+def parse_arg(text: str) -> Any:
+    """One command-line argument: JSON if it parses, else the plain string."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return from_json(value)
+
+
+def from_json(value: Any) -> Any:
+    """Turn ``{"$bytes": "<base64>"}`` objects (at any depth) into bytes."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_BYTES_KEY), str):
+            try:
+                return base64.b64decode(value[_BYTES_KEY], validate=True)
+            except binascii.Error:
+                pass  # not base64: keep the map as it is
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-ready copy of a decoded msgpack value.
+
+    bytes become ``{"$bytes": "<base64>"}``; map keys that are not str, int,
+    float, bool or nil become their JSON text; msgpack extension values
+    become ``{"$ext": type, "data": "<base64>"}``; anything else its ``str``.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES_KEY: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {_json_key(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, msgpack.ExtType):
+        return {"$ext": value.code, "data": base64.b64encode(value.data).decode("ascii")}
+    return str(value)
+
+
+def _json_key(key: Any) -> Any:
+    if key is None or isinstance(key, str | int | float | bool):
+        return key
+    return json.dumps(to_json(key), sort_keys=True)
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """``trio-echo call``; returns the exit status."""
+    params = [parse_arg(a) for a in args.args]
+    status, result = _request(args, lambda c: c.call(args.method, *params, timeout=args.timeout))
+    if status == 0:
+        print(json.dumps(to_json(result), ensure_ascii=False))
+    return status
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    """``trio-echo methods``; returns the exit status."""
+    status, methods = _request(args, lambda c: c.call("methods"))
+    if status != 0:
+        return status
+    if args.json or not isinstance(methods, list):
+        print(json.dumps(to_json(methods), ensure_ascii=False, indent=2))
+        return 0
+    rows = [m for m in methods if isinstance(m, dict)]
+    width = max((len(str(m.get("name"))) for m in rows), default=0)
+    for m in rows:
+        doc = str(m.get("doc") or "").strip().splitlines()
+        print(f"{m.get('name')!s:<{width}}  {doc[0] if doc else ''}".rstrip())
+    return 0
+
+
+def _request(args: argparse.Namespace, fn: Callable[[BlockingClient], Any]) -> tuple[int, Any]:
+    """Connect and return ``(0, fn(client))``, or a failure's exit status and None.
+
+    Failures are reported on stderr in one line, never as a traceback.
+    """
+    where = f"{args.host}:{args.port}"
+    try:
+        client = connect(args.host, args.port, connect_timeout=args.connect_timeout)
+    except (OSError, ConnectionClosed) as exc:
+        return _fail(EXIT_CONNECTION, f"trio-echo: cannot connect to {where}: {_one_line(exc)}")
+    with client:
+        try:
+            return 0, fn(client)
+        except RemoteError as exc:
+            return _fail(EXIT_REMOTE_ERROR, f"{exc.code}: {_one_line(exc.message)}")
+        except (OSError, ConnectionClosed) as exc:
+            return _fail(
+                EXIT_CONNECTION, f"trio-echo: connection to {where} lost: {_one_line(exc)}"
+            )
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or type(text).__name__
+
+
+def _fail(status: int, message: str) -> tuple[int, None]:
+    print(message, file=sys.stderr)
+    return status, None
