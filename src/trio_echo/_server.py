@@ -59,6 +59,13 @@ RECEIVE_SIZE: Final = 65536
 OUTBOX_HIGH_WATER: Final = 1024 * 1024
 #: A rejected connection (over max_connections) waits this long for a preamble.
 REJECT_SNIFF_S: Final = 1.0
+#: accept() failing for lack of resources (EMFILE...) is retried this often.
+ACCEPT_RETRY_S: Final = 0.1
+#: A warning that every refused connection would repeat is logged at most this often.
+WARN_EVERY_S: Final = 10.0
+
+# accept(2) errors that mean "out of resources for now", as in trio.serve_listeners.
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 _MAX_MSGID: Final = wire.MAX_MSGID
 _REQUEST: Final = 0
@@ -153,6 +160,8 @@ class Server:
         self._shutdown = trio.Event()
         self._all_closed = trio.Event()
         self._listeners: list[trio.SocketListener] = []
+        self._rejects_unlogged = 0
+        self._reject_logged_at: float | None = None
 
     # --- public API --------------------------------------------------------------
 
@@ -187,14 +196,8 @@ class Server:
             if self.idle_timeout and self.idle_timeout > 0:
                 connections.start_soon(self._reap_idle)
             async with trio.open_nursery() as accepting:
-                await accepting.start(
-                    functools.partial(
-                        trio.serve_listeners,
-                        self._handle_accepted,
-                        self._listeners,
-                        handler_nursery=connections,
-                    )
-                )
+                for listener in self._listeners:
+                    accepting.start_soon(self._accept_loop, listener, connections)
                 task_status.started(self._listeners)
                 await self._shutdown.wait()
                 # Cancelling the accept loops closes the listeners.
@@ -261,6 +264,37 @@ class Server:
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        """Accept until cancelled (which closes the listener).
+
+        Like :func:`trio.serve_listeners`, but out of descriptors (EMFILE and
+        kin) it logs once per episode instead of a traceback every retry. The
+        open connections are served meanwhile, and new ones wait in the
+        kernel's backlog until descriptors free up.
+        """
+        failures = 0
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    if not failures:
+                        log.warning(
+                            "accept failed: %s; serving the open connections and retrying "
+                            "every %gs until resources free up",
+                            exc.strerror or exc,
+                            ACCEPT_RETRY_S,
+                        )
+                    failures += 1
+                    await trio.sleep(ACCEPT_RETRY_S)
+                    continue
+                if failures:
+                    log.warning("accepting again (after %d failed accept attempts)", failures)
+                    failures = 0
+                connections.start_soon(self._handle_accepted, stream)
+
     async def _handle_accepted(self, stream: trio.SocketStream) -> None:
         if len(self._conns) >= self.max_connections:
             self.connections_rejected += 1
@@ -272,7 +306,17 @@ class Server:
     async def _reject(self, stream: trio.SocketStream) -> None:
         """Over max_connections: tell a framed client why, then close."""
         self.count_error(ErrorCode.OVERLOADED)
-        log.warning("connection refused: max_connections (%d) reached", self.max_connections)
+        self._rejects_unlogged += 1
+        now = trio.current_time()
+        if self._reject_logged_at is None or now - self._reject_logged_at >= WARN_EVERY_S:
+            log.warning(
+                "max_connections (%d) reached: refused %d connection(s)%s",
+                self.max_connections,
+                self._rejects_unlogged,
+                "" if self._reject_logged_at is None else f" in the last {WARN_EVERY_S:g}s",
+            )
+            self._reject_logged_at = now
+            self._rejects_unlogged = 0
         with trio.move_on_after(REJECT_SNIFF_S):
             prefix = b""
             try:
@@ -335,6 +379,7 @@ class _ConnectionState:
         "in_read",
         "last_active",
         "peer",
+        "raw",
         "read_scope",
         "seen_bytes_in",
         "server",
@@ -351,6 +396,7 @@ class _ConnectionState:
         self.seen_bytes_in = 0
         self.last_active = trio.current_time()
         self.engine: _MessageConnection | None = None
+        self.raw = False
         self.stop_requested = False
         # read_scope covers the current read loop; shutdown cancels it only
         # while the reader sits in a receive (in_read), never mid-send.
@@ -360,6 +406,9 @@ class _ConnectionState:
         self.peer = _peer_name(stream)
 
     def busy(self) -> bool:
+        """Owes the client something: a request in flight or a reply (or echo) unsent."""
+        if self.raw:
+            return self.bytes_out < self.bytes_in
         return self.engine is not None and self.engine.busy()
 
     def stop_reading(self) -> None:
@@ -448,6 +497,7 @@ class _ConnectionState:
         stream = self.stream
         receive_some = stream.receive_some
         send_all = stream.send_all
+        self.raw = True
         await send_all(first)
         self.bytes_out += len(first)
         self.read_scope = trio.CancelScope()
@@ -521,6 +571,7 @@ class _MessageConnection:
         state = self.state
         server = self.server
         max_inflight = server.max_inflight
+        receive_some = self.stream.receive_some
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.framed:
@@ -529,7 +580,7 @@ class _MessageConnection:
             # while the handlers in the nursery run on and get answered.
             state.read_scope = trio.CancelScope()
             with state.read_scope:
-                data = initial
+                data: bytes | bytearray = initial
                 # Messages decoded but not yet started because the connection
                 # was at max_inflight; they go before anything read later.
                 backlog: list[Any] = []
@@ -552,9 +603,15 @@ class _MessageConnection:
                         state.in_read = False
                     if backlog:
                         continue
-                    data = await state.receive()
+                    if state.stop_requested:
+                        break
+                    # Inlined state.receive(): this is the per-read hot path.
+                    state.in_read = True
+                    data = await receive_some(RECEIVE_SIZE)
+                    state.in_read = False
                     if not data:
-                        break  # EOF, or shutdown stopped reading
+                        break  # EOF: answer what is in flight, then close
+                    state.bytes_in += len(data)
             # Half-close, shutdown or a fatal error: answer what is in flight, then close.
         if self.outbox:
             await self._flush()
