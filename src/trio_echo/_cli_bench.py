@@ -1,16 +1,132 @@
-"""``trio-echo bench`` (owned by the performance work, issue #5)."""
+"""``trio-echo bench``: a load generator in the manner of ``redis-benchmark``."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+from typing import Any, TextIO
+
+from ._bench import BenchConfig, Progress, format_report, run_bench
 
 
 def configure(sub: Any) -> None:
     """Add the ``bench`` subcommand."""
-    p = sub.add_parser("bench", help="load-test a server (not implemented yet)")
-    p.set_defaults(run=_todo)
+    p = sub.add_parser(
+        "bench",
+        help="load-test a trio_echo server (or any raw echo / msgpack-rpc server)",
+        description=(
+            "Drive a server with many pipelined connections from several worker processes"
+            " and report requests/s, MB/s, latency percentiles and errors by code."
+            " Each connection keeps --pipeline requests in flight; responses are matched"
+            " by msgid and checked (a wrong result counts as an error)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="server address")
+    p.add_argument("--port", type=int, default=7000, help="server port")
+    p.add_argument(
+        "--mode",
+        choices=("framed", "mprpc", "raw"),
+        default="framed",
+        help="framed protocol v1, a plain msgpack-rpc stream, or raw echo (size-byte messages)",
+    )
+    p.add_argument("-c", "--connections", type=int, default=50, help="concurrent connections")
+    p.add_argument(
+        "-P", "--pipeline", type=int, default=1, help="requests in flight per connection"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="payload bytes (a bin param; the message size in raw mode)",
+    )
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds run before measuring")
+    p.add_argument(
+        "--method",
+        default="echo",
+        help="method called with the payload as its one argument, whose result must equal it"
+        " (`ping` is called with no argument and must answer 'pong'); see --no-verify",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="client processes; 0 = one per usable CPU (see taskset), at most one per connection",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="do not check results (for methods that do not echo their argument)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds per connection attempt"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the report"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+    p.set_defaults(run=run)
 
 
-def _todo(args: argparse.Namespace) -> int:
-    raise SystemExit("not implemented yet")
+class _ProgressLine:
+    """Live progress on stderr: redrawn in place on a tty, one plain line a second otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = Progress(0.0, "", 0, 0)
+        self.drawn = False
+
+    def __call__(self, p: Progress) -> None:
+        if p.elapsed - self.last.elapsed < (0.25 if self.tty else 1.0):
+            return
+        rate = (p.completed - self.last.completed) / (p.elapsed - self.last.elapsed)
+        self.last = p
+        text = f"{p.elapsed:5.1f}s {p.phase:9}  {rate:11,.0f} req/s  errors {p.errors:,}"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.drawn = True
+        else:
+            self.stream.write("bench: " + text + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit 0 if requests completed without errors, else 1."""
+    try:
+        cfg = BenchConfig(
+            host=args.host,
+            port=args.port,
+            mode=args.mode,
+            connections=args.connections,
+            pipeline=args.pipeline,
+            size=args.size,
+            duration=args.duration,
+            warmup=args.warmup,
+            method=args.method,
+            workers=args.workers,
+            verify=args.verify,
+            connect_timeout=args.connect_timeout,
+        )
+    except ValueError as exc:
+        print(f"trio-echo bench: {exc}", file=sys.stderr)
+        return 2
+    progress = None if args.quiet else _ProgressLine(sys.stderr)
+    try:
+        report = run_bench(cfg, progress)
+    finally:
+        if progress is not None:
+            progress.clear()
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(format_report(report))
+    return 0 if report.requests and not report.errors else 1

@@ -1,0 +1,405 @@
+"""Compare trio_echo with a bare Trio echo server, scenario by scenario.
+
+Starts ``python -m trio_echo serve`` (with ``app.py`` for the ``async def``
+method) and ``bare_echo.py``, then drives every scenario with ``trio-echo
+bench`` against each server in turn, alternating their order from one
+repetition to the next so that the machine's drift hits both. The baseline is
+benched in raw mode with the same connections, pipeline depth and size, so for
+an RPC scenario the ratio says how close trio_echo gets to plain echo.
+
+With ``taskset`` and two or more CPUs, the servers run on CPU 0 and the load
+generator on CPU 1. Writes ``results.md`` (a Markdown table), ``results.json``
+and ``results.png`` (requests/s by scenario; needs matplotlib, the ``bench``
+extra), and prints the ratios.
+
+    python benchmarks/run.py                   # about 4 minutes
+    python benchmarks/run.py --quick           # a smoke test of a few seconds
+    python benchmarks/run.py --extra 'floor:framed:python floor.py --framed --port {port}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trio_echo._bench import BenchConfig, run_bench
+
+HERE = Path(__file__).resolve().parent
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load: what trio_echo is driven with (the baseline gets raw echo of the same shape)."""
+
+    name: str
+    mode: str
+    connections: int
+    pipeline: int
+    size: int = 64
+    method: str = "echo"
+    unit: str = "req/s"  # or "MB/s": the figure the ratio is taken on
+
+
+SCENARIOS = [
+    Scenario("raw c50 d1 64 B", "raw", 50, 1),
+    Scenario("raw c4 d4 64 KiB", "raw", 4, 4, 65536, unit="MB/s"),
+    Scenario("framed echo c1 d1", "framed", 1, 1),
+    Scenario("framed echo c50 d1", "framed", 50, 1),
+    Scenario("framed echo c50 d16", "framed", 50, 16),
+    Scenario("mprpc echo c50 d16", "mprpc", 50, 16),
+    Scenario("framed aecho (async def) c50 d16", "framed", 50, 16, method="aecho"),
+]
+
+
+@dataclass
+class Server:
+    """A server under test: a command line with ``{port}``, and the modes it speaks."""
+
+    label: str
+    argv: list[str]
+    modes: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def serves(self, sc: Scenario) -> bool:
+        return sc.mode in self.modes or "any" in self.modes
+
+    def mode_for(self, sc: Scenario) -> str:
+        return sc.mode if sc.mode in self.modes else "raw"
+
+
+def pinning() -> list[str]:
+    """The taskset prefix that puts a server on CPU 0 (the load then goes to CPU 1)."""
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:
+        return ["taskset", "-c", "0"]
+    return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(server: Server, pin: list[str]) -> None:
+    """Start a server and wait until it accepts connections."""
+    server.port = free_port()
+    argv = [a.replace("{port}", str(server.port)) for a in server.argv]
+    env = {**os.environ, **server.env}
+    server.proc = subprocess.Popen(
+        pin + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            err = server.proc.stderr.read().decode(errors="replace") if server.proc.stderr else ""
+            raise SystemExit(f"{server.label} exited at start:\n{err}")
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    stop(server)
+    raise SystemExit(f"{server.label} did not listen on port {server.port}")
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the server (by its PID), then SIGKILL if it lingers."""
+    proc = server.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``trio-echo bench`` run (its engine, called in-process); adds the server's CPU use."""
+    cfg = BenchConfig(
+        port=server.port,
+        mode=server.mode_for(sc),
+        connections=sc.connections,
+        pipeline=sc.pipeline,
+        size=sc.size,
+        method=sc.method,
+        duration=args.duration,
+        warmup=args.warmup,
+    )
+    assert server.proc is not None
+    cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
+    result = run_bench(cfg).to_json()
+    cpu1, t1 = cpu_seconds(server.proc.pid), time.monotonic()
+    # Over the whole bench run (warm-up included): a rough "was the server saturated".
+    result["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
+    return result
+
+
+def figure(sc: Scenario, r: dict[str, Any]) -> float:
+    return float(r["mb_per_s"] if sc.unit == "MB/s" else r["req_per_s"])
+
+
+def run_all(
+    servers: list[Server], scenarios: list[Scenario], args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """results[scenario][server label] = one bench result per repetition."""
+    pin = pinning()
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {sc.name: {} for sc in scenarios}
+    affinity = os.sched_getaffinity(0)
+    try:
+        for s in servers:
+            start(s, pin)
+        if pin:
+            os.sched_setaffinity(0, {1})  # the bench workers inherit it
+        for rep in range(args.reps):
+            for sc in scenarios:
+                order = [s for s in servers if s.serves(sc)]
+                k = rep % len(order)
+                for s in order[k:] + order[:k]:
+                    r = bench(s, sc, args)
+                    results[sc.name].setdefault(s.label, []).append(r)
+                    line = f"{sc.name:34} {s.label:16} {figure(sc, r):>12,.1f} {sc.unit}"
+                    print(f"  rep {rep + 1}  {line}  errors {r['errors']}", file=sys.stderr)
+    finally:
+        os.sched_setaffinity(0, affinity)
+        for s in servers:
+            stop(s)
+    return results
+
+
+def median_run(runs: list[dict[str, Any]], sc: Scenario) -> dict[str, Any]:
+    """The repetition with the median figure (so its latency and CPU go with it)."""
+    ranked = sorted(runs, key=lambda r: figure(sc, r))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import msgpack
+    import trio
+
+    return (
+        f"{os.cpu_count()} CPU(s), {cpu}; Linux {platform.release()}; "
+        f"Python {platform.python_version()}, trio {trio.__version__}, "
+        f"msgpack {'.'.join(map(str, msgpack.version))}"
+    )
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
+    return f"{value / 1000:,.1f}k" if value >= 1000 else f"{value:,.0f}"
+
+
+def table(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    scenarios: list[Scenario],
+    servers: list[Server],
+) -> tuple[str, list[str]]:
+    """The Markdown table, and one ratio line per scenario and baseline."""
+    main, *bases = servers
+    head = ["scenario", main.label, "p50 / p99", "server CPU"]
+    for b in bases:
+        head += [b.label, f"{main.label} / {b.label}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ratios = []
+    for sc in scenarios:
+        runs = results[sc.name]
+        if main.label not in runs:
+            continue
+        m = median_run(runs[main.label], sc)
+        lat = m["latency_us"]
+        note = " ⚠" if m["errors"] else ""
+        lat_text = f"{lat['p50']:,.0f} / {lat['p99']:,.0f} us" if lat else "-"
+        row = [sc.name, fmt(figure(sc, m), sc.unit) + note, lat_text, f"{m['server_cpu_pct']:.0f}%"]
+        for b in bases:
+            if b.label not in runs:
+                row += ["", ""]
+                continue
+            base = median_run(runs[b.label], sc)
+            ratio = figure(sc, m) / figure(sc, base) if figure(sc, base) else float("nan")
+            shape = "" if b.mode_for(sc) == sc.mode else " (raw)"
+            row += [fmt(figure(sc, base), sc.unit) + shape, f"{ratio:.2f}x"]
+            ratios.append(f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines), ratios
+
+
+def chart(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    scenarios: list[Scenario],
+    servers: list[Server],
+    path: Path,
+) -> bool:
+    """A grouped bar chart of requests/s; False if matplotlib is not installed."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    names = [sc.name for sc in scenarios]
+    width = 0.8 / len(servers)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i, s in enumerate(servers):
+        xs, ys = [], []
+        for j, sc in enumerate(scenarios):
+            runs = results[sc.name].get(s.label)
+            if runs:
+                xs.append(j + (i - (len(servers) - 1) / 2) * width)
+                ys.append(median_run(runs, sc)["req_per_s"])
+        ax.bar(xs, ys, width, label=s.label)
+    ax.set_yscale("log")
+    ax.set_ylabel("requests/s (log scale)")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_title("trio_echo vs a bare Trio echo server (median run; baseline = raw echo)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def report(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    scenarios: list[Scenario],
+    servers: list[Server],
+    args: argparse.Namespace,
+    image: str | None,
+) -> tuple[str, list[str]]:
+    """The Markdown section (table, chart, machine, command) and the ratio lines."""
+    md, ratios = table(results, scenarios, servers)
+    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    text = [
+        f"Median of {args.reps} run(s) of {args.duration:g} s after {args.warmup:g} s warm-up,"
+        f" 64 B payloads unless noted, {time.strftime('%Y-%m-%d')}.",
+        "",
+        md,
+        "",
+        f"Machine: {machine()}. "
+        + (
+            "Servers pinned to CPU 0, `trio-echo bench` to CPU 1."
+            if pinning()
+            else "No CPU pinning."
+        ),
+        "The baseline is benched in raw mode with the same connections, depth and size;"
+        " ⚠ marks a run with errors. This machine's speed drifts by up to 30 % between runs,"
+        " so compare within one table.",
+        "",
+        f"Regenerate: `pip install -e '.[bench]' && {command}`.",
+    ]
+    if image:
+        text[3:3] = [f"![requests/s by scenario]({image})", ""]
+    return "\n".join(text) + "\n", ratios
+
+
+def update_readme(readme: Path, body: str) -> bool:
+    """Replace the text between the bench markers of README.md; False if absent."""
+    text = readme.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        return False
+    pattern = re.escape(MARK_START) + ".*?" + re.escape(MARK_END)
+    block = f"{MARK_START}\n### Latest benchmark\n\n{body}{MARK_END}"
+    readme.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S))
+    return True
+
+
+def parse_extra(spec: str) -> Server:
+    """``LABEL:MODES:COMMAND`` (MODES comma-separated) -> Server."""
+    label, modes, cmd = spec.split(":", 2)
+    return Server(label, shlex.split(cmd), tuple(modes.split(",")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="tiny runs: a smoke test, not a measurement"
+    )
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (the median is reported)")
+    p.add_argument("--only", default="", help="regex: run only the matching scenarios")
+    p.add_argument("--out", type=Path, default=HERE, help="folder for results.md/.json/.png")
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL:MODES:CMD",
+        help="another server to compare, e.g. 'floor:framed:python floor.py --port {port}'",
+    )
+    p.add_argument(
+        "--update-readme", action="store_true", help="write the table into README.md's bench block"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.reps = 0.3, 0.1, 1
+    scenarios = [sc for sc in SCENARIOS if re.search(args.only, sc.name)]
+    py = sys.executable
+    pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    servers = [
+        Server(
+            "trio_echo",
+            [py, "-m", "trio_echo", "serve", "--port", "{port}", "--app", "app:service",
+             "--log-level", "warning", "--grace", "1"],
+            ("framed", "mprpc", "raw"),
+            env={"PYTHONPATH": pythonpath},
+        ),
+        Server("bare trio echo", [py, str(HERE / "bare_echo.py"), "--port", "{port}"],
+               ("raw", "any")),
+        *map(parse_extra, args.extra),
+    ]  # fmt: skip
+    results = run_all(servers, scenarios, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    has_chart = chart(results, scenarios, servers, args.out / "results.png")
+    body, ratios = report(results, scenarios, servers, args, "results.png" if has_chart else None)
+    (args.out / "results.md").write_text("# Benchmark results\n\n" + body)
+    print(body)
+    print("\n".join(ratios))
+    if not has_chart:
+        print("(no chart: pip install matplotlib, or the package's [bench] extra)", file=sys.stderr)
+    readme_body, _ = report(
+        results, scenarios, servers, args, "benchmarks/results.png" if has_chart else None
+    )
+    if args.update_readme and not update_readme(HERE.parent / "README.md", readme_body):
+        print("README.md has no bench markers; not updated", file=sys.stderr)
+    errors = sum(r["errors"] for runs in results.values() for rs in runs.values() for r in rs)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
