@@ -261,13 +261,15 @@ def sniff_mode(prefix: bytes) -> Mode | ProtocolViolation | None:
     return _bad_version(prefix[len(MAGIC)])
 
 
-def check_preamble(prefix: bytes) -> ProtocolViolation | None | bool:
+def check_preamble(prefix: bytes) -> ProtocolViolation | bool | None:
     """For a server pinned to framed mode: ``True`` once the preamble is whole,
     ``None`` while more bytes are needed, else a fatal violation."""
     n = min(len(prefix), len(PREAMBLE))
     if prefix[: min(n, len(MAGIC))] != MAGIC[: min(n, len(MAGIC))]:
         return ProtocolViolation(
-            ErrorCode.MALFORMED, "expected the trio_echo preamble 00 54 45 43 48 4f 00 01", fatal=True
+            ErrorCode.MALFORMED,
+            "expected the trio_echo preamble 00 54 45 43 48 4f 00 01",
+            fatal=True,
         )
     if len(prefix) < len(PREAMBLE):
         return None
@@ -297,11 +299,15 @@ class FrameDecoder:
     any of its body is buffered, and the decoder accepts nothing after it.
     """
 
-    __slots__ = ("_buf", "dead", "max_frame")
+    __slots__ = ("_buf", "_need", "dead", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._buf = b""
+        # The start of an incomplete frame. It grows in place, so a frame
+        # trickling in a byte at a time costs O(size), not O(size**2).
+        self._buf = bytearray()
+        # How many bytes _buf must hold before another frame can complete.
+        self._need = HEADER_SIZE
         #: Set after a fatal violation; the stream cannot be resynchronised.
         self.dead = False
 
@@ -310,21 +316,28 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every frame they complete."""
         if self.dead:
             return []
-        buf = self._buf + data if self._buf else data
         out: list[Any] = []
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return out
+            buf: bytes | bytearray = bytes(self._buf)
+            self._buf = bytearray()
+        else:
+            buf = data
         n = len(buf)
         off = 0
         max_frame = self.max_frame
         view = None
+        need = HEADER_SIZE
         while n - off >= HEADER_SIZE:
             length = int.from_bytes(buf[off : off + HEADER_SIZE], "big")
             if length > max_frame:
                 self.dead = True
-                self._buf = b""
                 out.append(
                     ProtocolViolation(
                         ErrorCode.FRAME_TOO_LARGE,
@@ -332,9 +345,12 @@ class FrameDecoder:
                         fatal=True,
                     )
                 )
-                return out
+                break
             end = off + HEADER_SIZE + length
             if end > n:
+                # The header was checked against max_frame above, so what
+                # is buffered for this body is bounded.
+                need = HEADER_SIZE + length
                 break
             if length == 0:
                 out.append(ProtocolViolation(ErrorCode.MALFORMED, "empty frame"))
@@ -343,7 +359,7 @@ class FrameDecoder:
                 if length > 2048:
                     if view is None:
                         view = memoryview(buf)
-                    body: bytes | memoryview = view[off + HEADER_SIZE : end]
+                    body: bytes | bytearray | memoryview = view[off + HEADER_SIZE : end]
                 else:
                     body = buf[off + HEADER_SIZE : end]
                 try:
@@ -351,11 +367,11 @@ class FrameDecoder:
                 except Exception as exc:
                     out.append(_undecodable(exc))
             off = end
+        if off < n and not self.dead:
+            self._buf = bytearray(view[off:] if view is not None else buf[off:])
+            self._need = need
         if view is not None:
             view.release()
-        self._buf = buf[off:] if off < n else b""
-        # A header that is complete but whose body is still arriving was
-        # already checked against max_frame above, so the buffer is bounded.
         return out
 
 
@@ -378,7 +394,7 @@ class StreamDecoder:
     ``max_frame``. Output items are as for :class:`FrameDecoder`.
     """
 
-    __slots__ = ("_fed", "_unpacker", "dead", "max_frame")
+    __slots__ = ("_fed", "_start", "_unpacker", "dead", "max_frame")
 
     #: The decoder is fed at most this much per call, which bounds its buffer.
     CHUNK: Final = 64 * 1024
@@ -387,24 +403,35 @@ class StreamDecoder:
         self.max_frame = max_frame
         # The Unpacker costs ~45 KB, so it is created on first use only.
         self._unpacker: msgpack.Unpacker | None = None
+        # Stream offsets: bytes fed so far, and where the message being
+        # decoded began. (Unpacker.tell() is no use for the latter: it also
+        # counts the bytes of a message the Unpacker has only partly parsed.)
         self._fed = 0
+        self._start = 0
         self.dead = False
 
     @property
     def buffered(self) -> int:
-        """Bytes held waiting for the rest of a message."""
-        return 0 if self._unpacker is None else self._fed - self._unpacker.tell()
+        """Bytes of the incomplete message held (raw or partly decoded)."""
+        return 0 if self._unpacker is None else self._fed - self._start
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
         out: list[Any] = []
         if self.dead:
             return out
         if self._unpacker is None:
+            # No single length inside a message can exceed the message.
+            limit = self.max_frame
             self._unpacker = msgpack.Unpacker(
                 raw=False,
                 strict_map_key=False,
-                max_buffer_size=self.max_frame + 2 * self.CHUNK,
+                max_buffer_size=limit + 2 * self.CHUNK,
+                max_str_len=limit,
+                max_bin_len=limit,
+                max_array_len=limit,
+                max_map_len=limit // 2,
+                max_ext_len=limit,
             )
         unpacker = self._unpacker
         for start in range(0, len(data), self.CHUNK):
@@ -417,26 +444,34 @@ class StreamDecoder:
 
     def _drain(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
         max_frame = self.max_frame
-        before = unpacker.tell()
         while True:
             try:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
                 break
             except Exception as exc:
-                self._die(out, ErrorCode.MALFORMED, _describe(exc))
+                # tell() stops at the bad byte. An error past max_frame, or a
+                # length header announcing more than max_frame, means the
+                # message was too large before it was bad: report that, as a
+                # byte-at-a-time feed would.
+                if unpacker.tell() - self._start > max_frame or (
+                    isinstance(exc, ValueError) and "exceeds max_" in str(exc)
+                ):
+                    self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
+                else:
+                    self._die(out, ErrorCode.MALFORMED, _describe(exc))
                 return False
-            after = unpacker.tell()
-            if after - before > max_frame:
+            end = unpacker.tell()
+            if end - self._start > max_frame:
                 self._die(
                     out,
                     ErrorCode.FRAME_TOO_LARGE,
-                    f"message of {after - before} bytes exceeds max_frame ({max_frame})",
+                    f"message of {end - self._start} bytes exceeds max_frame ({max_frame})",
                 )
                 return False
-            before = after
+            self._start = end
             out.append(obj)
-        if self._fed - before > max_frame:
+        if self._fed - self._start > max_frame:
             self._die(
                 out,
                 ErrorCode.FRAME_TOO_LARGE,
@@ -513,7 +548,7 @@ def parse_message(obj: Any) -> Event:
     return ProtocolViolation(ErrorCode.MALFORMED, f"unknown message type {kind!r}")
 
 
-def timeout_of(options: dict[Any, Any] | None) -> float | None | ProtocolViolation:
+def timeout_of(options: dict[Any, Any] | None) -> float | ProtocolViolation | None:
     """The request's ``timeout_ms`` option in seconds (``None`` if absent).
 
     Returns an ``invalid_params`` violation (without msgid) if it is present
@@ -645,7 +680,7 @@ class Connection:
         """The bytes a client sends first: the preamble in framed mode, else nothing."""
         return PREAMBLE if self.framed and self.our_role is Role.CLIENT else b""
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the peer; ``b""`` signals end of stream."""
         if not data:
             self._eof = True
@@ -659,7 +694,7 @@ class Connection:
             self._pos = 0
         self._events.extend(self._decoder.feed(data))
 
-    def _take_preamble(self, data: bytes) -> bytes:
+    def _take_preamble(self, data: bytes | bytearray) -> bytes:
         assert self._preamble is not None
         prefix = self._preamble + data
         verdict = check_preamble(prefix)
