@@ -65,7 +65,9 @@ ACCEPT_RETRY_S: Final = 0.1
 WARN_EVERY_S: Final = 10.0
 
 # accept(2) errors that mean "out of resources for now", as in trio.serve_listeners.
-_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
 
 _MAX_MSGID: Final = wire.MAX_MSGID
 _REQUEST: Final = 0
