@@ -194,11 +194,9 @@ def _gather(
             assert isinstance(p, Pipe)
             pending.discard(p)
             try:
-                _, errs = p.recv()
+                p.recv()  # ("ready", errors): they come again in the worker's result
             except (EOFError, OSError):
                 _add(startup_errors, {"worker_failed": 1})
-                continue
-            _add(startup_errors, errs)
     if pending:
         _add(startup_errors, {"worker_failed": len(pending)})
     live = [p for p in pipes if p not in pending]
@@ -328,7 +326,10 @@ def format_report(r: BenchReport) -> str:
         lat = r.latency_us
         lines.append(
             "  latency     "
-            + "  ".join(f"{k} {_fmt_us(lat[k])}" for k in ("p50", "p90", "p99", "p999"))
+            + "  ".join(
+                f"{name} {_fmt_us(lat[k])}"
+                for name, k in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"))
+            )
             + f"  max {_fmt_us(lat['max'])}"
         )
     else:
