@@ -398,3 +398,55 @@ async def test_serve_stream_module_function() -> None:
         await peer.start()
         assert await peer.call(1, "ping") == Response(1, "pong")
         await client.aclose()
+
+
+async def test_async_replies_leave_while_a_slow_async_call_blocks(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with memory_server(Server(user_service())) as (_, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        # One read: a quick async call, a slow one, then another quick one.
+        await peer.send(
+            wire.Request(1, "add", [1, 2]),
+            wire.Request(2, "sleep", [5]),
+            wire.Request(3, "add", [3, 4]),
+        )
+        assert await peer.next_event() == Response(1, 3)
+        assert await peer.next_event() == Response(3, 7)
+        assert trio.current_time() < 1  # not held back behind the sleep
+        assert await peer.next_event() == Response(2, None)
+
+
+async def test_many_blocked_async_calls_each_get_a_worker(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with memory_server(Server(user_service())) as (server, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        await peer.send(*(wire.Request(i, "sleep", [1]) for i in range(50)))
+        replies = await peer.events(50)
+        assert sorted(r.msgid for r in replies if isinstance(r, Response)) == list(range(50))
+        assert trio.current_time() == pytest.approx(1)  # all ran at once
+        # The idle pool shrinks back to a few parked workers.
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.stats()["requests_in_flight"] == 0
+
+
+async def test_cancel_and_timeout_of_calls_waiting_for_a_worker(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with memory_server(Server(user_service())) as (_, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        # In one read: a cancel for a call that has not reached a worker yet.
+        await peer.send(
+            wire.Request(1, "add", [1, 1]),
+            wire.Request(2, "wait_forever", [], {"timeout_ms": 100}),
+            wire.Request(3, "wait_forever", []),
+            wire.Cancel(3),
+        )
+        got = {e.msgid: e for e in await peer.events(3) if not isinstance(e, Notification)}
+        assert got[1] == Response(1, 2)
+        assert isinstance(got[2], ErrorResponse) and got[2].code == "timeout"
+        assert isinstance(got[3], ErrorResponse) and got[3].code == "cancelled"

@@ -32,13 +32,14 @@ hot path only bumps a byte counter.
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 import trio
@@ -57,6 +58,8 @@ log = logging.getLogger("trio_echo")
 RECEIVE_SIZE: Final = 65536
 #: The reader pauses while more than this many reply bytes wait to be sent.
 OUTBOX_HIGH_WATER: Final = 1024 * 1024
+#: Idle worker tasks a connection keeps for its next async/blocking calls.
+MAX_PARKED_WORKERS: Final = 4
 #: A rejected connection (over max_connections) waits this long for a preamble.
 REJECT_SNIFF_S: Final = 1.0
 #: accept() failing for lack of resources (EMFILE...) is retried this often.
@@ -532,11 +535,22 @@ def _cause(exc: BaseException) -> str:
 
 
 class _Call:
-    """An ``async def`` or blocking request in flight, by msgid."""
+    """An ``async def`` or blocking request (or notification) accepted on a connection."""
 
-    __slots__ = ("cancelled_by_client", "scope")
+    __slots__ = ("awaitable", "cancelled_by_client", "method", "msgid", "params", "scope")
 
-    def __init__(self, scope: trio.CancelScope) -> None:
+    def __init__(
+        self,
+        msgid: int | None,
+        method: Method,
+        params: list[Any],
+        awaitable: Coroutine[Any, Any, Any],
+        scope: trio.CancelScope,
+    ) -> None:
+        self.msgid = msgid
+        self.method = method
+        self.params = params
+        self.awaitable = awaitable
         self.scope = scope
         self.cancelled_by_client = False
 
@@ -560,6 +574,12 @@ class _MessageConnection:
         self.outbox_bytes = 0
         self.sending = False
         self.room = trio.lowlevel.ParkingLot()
+        # The worker pool (see _add_worker).
+        self.queue: collections.deque[_Call] = collections.deque()
+        self.spare = 0
+        self.parked = 0
+        self.wake = trio.lowlevel.ParkingLot()
+        self.workers_done = False
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
@@ -615,6 +635,10 @@ class _MessageConnection:
                         break  # EOF: answer what is in flight, then close
                     state.bytes_in += len(data)
             # Half-close, shutdown or a fatal error: answer what is in flight, then close.
+            while self.active:
+                await self.room.park()
+            self.workers_done = True
+            self.wake.unpark_all()
         if self.outbox:
             await self._flush()
 
@@ -775,27 +799,28 @@ class _MessageConnection:
             return
         if method.kind is HandlerKind.ASYNC:
             try:
-                coro = method.fn(*params)
+                awaitable = method.fn(*params)
             except TypeError as exc:
                 code, message, _ = self._failure(method, params, exc)
                 self._error(msgid, code, message)
                 return
-            run: Callable[[], Awaitable[Any]] = lambda: coro  # noqa: E731
         else:
-            bound = functools.partial(method.fn, *params)
-            run = functools.partial(
-                trio.to_thread.run_sync, bound, limiter=server.limiter, abandon_on_cancel=True
+            awaitable = trio.to_thread.run_sync(
+                functools.partial(method.fn, *params),
+                limiter=server.limiter,
+                abandon_on_cancel=True,
             )
         scope = trio.CancelScope()
         if timeout is not None:
             scope.deadline = trio.current_time() + timeout
-        call = _Call(scope)
+        call = _Call(msgid, method, params, awaitable, scope)
         if msgid is not None:
             self.calls[msgid] = call
         self.active += 1
         server.requests_in_flight += 1
-        assert self.nursery is not None
-        self.nursery.start_soon(self._run_task, msgid, method, params, call, run)
+        self.queue.append(call)
+        if not self.spare:
+            self._add_worker()
 
     def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
         server = self.server
@@ -812,44 +837,87 @@ class _MessageConnection:
             return
         self._enqueue(wire.frame(body) if self.framed else body)
 
-    async def _run_task(
-        self,
-        msgid: int | None,
-        method: Method,
-        params: list[Any],
-        call: _Call,
-        run: Callable[[], Awaitable[Any]],
-    ) -> None:
+    # --- the worker pool for async and blocking handlers ----------------------------------
+    #
+    # Spawning a task per request costs more than the request itself, so
+    # calls queue up for a small pool of worker tasks per connection. A
+    # worker runs calls one after another; a handler that never blocks (an
+    # async echo) costs no task switch at all. The invariant that keeps a
+    # slow call from delaying a fast one: whenever calls are queued (or
+    # replies wait to be sent), at least one worker is awake and not inside a
+    # handler (``spare``), so when the running handler blocks, that worker
+    # takes the queue and flushes the replies.
+
+    def _add_worker(self) -> None:
+        """Make one more worker spare: wake a parked one, or start a new one."""
+        self.spare += 1
+        if self.parked:
+            self.parked -= 1
+            self.wake.unpark(count=1)
+        else:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        queue = self.queue
+        while True:
+            while queue:
+                call = queue.popleft()
+                self.spare -= 1
+                if (queue or self.outbox) and not self.spare:
+                    self._add_worker()
+                await self._run_call(call)
+                self.spare += 1
+            if self.outbox:
+                await self._flush()
+                if queue:
+                    continue
+            self.spare -= 1
+            if self.workers_done or self.parked >= MAX_PARKED_WORKERS:
+                return
+            self.parked += 1
+            await self.wake.park()
+
+    async def _run_call(self, call: _Call) -> None:
         server = self.server
+        msgid = call.msgid
+        method = call.method
+        scope = call.scope
+        error: tuple[str, str, Any] | None = None
         reply: bytes | None = None
-        code: str
         try:
-            with call.scope:
-                result = await run()
-                if msgid is not None:
-                    reply = server.pack([1, msgid, None, result])
-            if call.scope.cancelled_caught:
-                if call.cancelled_by_client:
-                    code, message = ErrorCode.CANCELLED, "cancelled by the client"
-                else:
-                    code, message = ErrorCode.TIMEOUT, f"{method.name}: timeout_ms exceeded"
-                server.count_error(code)
-                if msgid is not None:
-                    reply = server.pack([1, msgid, wire.error_map(code, message), None])
+            if scope.cancel_called or scope.deadline <= trio.current_time():
+                # Cancelled or expired while it waited for a worker: never started.
+                call.awaitable.close()
+                error = self._cancel_error(call)
+            else:
+                with scope:
+                    result = await call.awaitable
+                    if msgid is not None:
+                        reply = server.pack([1, msgid, None, result])
+                if scope.cancelled_caught:
+                    error = self._cancel_error(call)
         except Exception as exc:
-            code, message, data = self._failure(method, params, exc)
-            server.count_error(code)
-            if msgid is not None:
-                reply = server.pack([1, msgid, wire.error_map(code, message, data), None])
+            error = self._failure(method, call.params, exc)
         finally:
             if msgid is not None:
                 del self.calls[msgid]
             self.active -= 1
             server.requests_in_flight -= 1
-            self.room.unpark_all()
+            if self.room:
+                self.room.unpark_all()
+        if error is not None:
+            server.count_error(error[0])
+            if msgid is not None:
+                reply = server.pack([1, msgid, wire.error_map(*error), None])
         if reply is not None:
             self._enqueue(wire.frame(reply) if self.framed else reply)
-            await self._flush()
+
+    @staticmethod
+    def _cancel_error(call: _Call) -> tuple[str, str, Any]:
+        if call.cancelled_by_client:
+            return ErrorCode.CANCELLED, "cancelled by the client", None
+        return ErrorCode.TIMEOUT, f"{call.method.name}: timeout_ms exceeded", None
 
     # --- writing ---------------------------------------------------------------------------
 
