@@ -114,6 +114,19 @@ def test_connection_loss_fails_pending_calls(srv: ServerThread, gate: Gate) -> N
         assert client.closed
 
 
+def test_close_cancels_pending_calls_on_the_server(srv: ServerThread, gate: Gate) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        client = trio_echo.connect("127.0.0.1", srv.port)
+        call = pool.submit(client.call, "block")
+        srv.run(gate.entered.wait)
+        client.close()
+        with pytest.raises(trio_echo.ConnectionClosed):
+            call.result(timeout=10)
+    srv.settle()
+    assert srv.server.requests_in_flight == 0
+    assert srv.server.errors == {"cancelled": 1}
+
+
 def test_oversized_request_is_refused_locally() -> None:
     with (
         server_thread(max_frame=1000) as running,

@@ -377,6 +377,27 @@ async def test_connection_loss_fails_every_pending_call_at_once() -> None:
                 await client.notify("echo", 1)
 
 
+async def test_closing_cancels_pending_calls_on_the_server() -> None:
+    async with tcp_server() as (server, port), trio.open_nursery() as outer:
+        failed = trio.Event()
+
+        async def call(client: trio_echo.Client) -> None:
+            with pytest.raises(trio_echo.ConnectionClosed):
+                await client.call("sleep", 30)
+            failed.set()
+
+        async with trio_echo.open_client("127.0.0.1", port) as client:
+            outer.start_soon(call, client)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.requests_in_flight == 1
+        await failed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        # Without the cancel the server would take the EOF as a half-close and
+        # keep sleeping, to answer a client that is gone.
+        assert server.requests_in_flight == 0
+        assert server.errors == {"cancelled": 1}
+
+
 async def test_peer_closing_mid_call() -> None:
     async with fake_pair() as (client, fake), trio.open_nursery() as nursery:
 

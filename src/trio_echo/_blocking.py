@@ -124,8 +124,16 @@ class BlockingClient(ClientBase[Future[Any]]):
     def close(self) -> None:
         """Close the connection; pending calls fail with :class:`ConnectionClosed`.
 
-        Closing twice is fine.
+        The server is sent a cancel for each pending call first. Closing twice
+        is fine.
         """
+        with self._lock:
+            cancels = self._core.cancels()
+        if cancels:
+            try:
+                self._send(b"".join(cancels))
+            except ConnectionClosed:
+                pass
         self._fail(ConnectionClosed("the client closed the connection"))
         try:
             self._sock.shutdown(socket.SHUT_RDWR)

@@ -52,6 +52,8 @@ __all__ = ["Client", "NotificationHandler", "open_client", "open_client_over_str
 OUTBOX_HIGH_WATER_BYTES: Final = 1024 * 1024
 #: How long a clean close waits for queued frames to leave, in seconds.
 FLUSH_TIMEOUT_S: Final = 10.0
+#: The same when the ``async with`` body raised or was cancelled.
+ERROR_FLUSH_TIMEOUT_S: Final = 0.25
 
 
 class Client(ClientBase[trio.lowlevel.Task]):
@@ -136,15 +138,23 @@ class Client(ClientBase[trio.lowlevel.Task]):
     async def aclose(self) -> None:
         """Close the connection. Pending calls fail with :class:`ConnectionClosed`.
 
-        Frames already queued (notifications, cancels) are sent first when the
-        connection is healthy. Closing twice is fine.
+        The server is sent a cancel for each pending call, and the frames
+        already queued (notifications, cancels) go first, when the connection
+        is healthy (for at most ``FLUSH_TIMEOUT_S``). Closing twice is fine.
         """
-        if self._running:
-            with trio.move_on_after(FLUSH_TIMEOUT_S):
-                while (self._outbox or self._writing) and not self.closed:
-                    await self._drained_lot.park()
-        self._fail(ConnectionClosed("the client closed the connection"))
-        await trio.aclose_forcefully(self._stream)
+        await self._close(FLUSH_TIMEOUT_S)
+
+    async def _close(self, flush_s: float) -> None:
+        try:
+            if self._running and not self.closed:
+                for cancel in self._core.cancels():
+                    self._queue(cancel)
+                with trio.move_on_after(flush_s):
+                    while (self._outbox or self._writing) and not self.closed:
+                        await self._drained_lot.park()
+        finally:
+            self._fail(ConnectionClosed("the client closed the connection"))
+            await trio.aclose_forcefully(self._stream)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -280,8 +290,10 @@ async def _run(client: Client) -> AsyncIterator[Client]:
                 if ok:
                     await client.aclose()
                 else:
-                    client._fail(ConnectionClosed("the client closed the connection"))
-                    await trio.aclose_forcefully(client._stream)
+                    # The body raised or was cancelled: close promptly, and do
+                    # not let a cancelled cleanup replace the body's exception.
+                    with trio.CancelScope(shield=True):
+                        await client._close(ERROR_FLUSH_TIMEOUT_S)
     except BaseExceptionGroup as group:
         collapsed = _collapse(group)
         if collapsed is None:

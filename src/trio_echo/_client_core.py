@@ -165,6 +165,13 @@ class ClientCore(Generic[W]):
         self.pending[msgid] = None
         return None if self.error is not None else wire.encode_cancel(msgid, pack=self.pack)
 
+    def cancels(self) -> list[bytes]:
+        """Cancel messages for every call still waiting (sent when closing, so that
+        the server stops their handlers instead of finishing them for nobody)."""
+        if self.error is not None:
+            return []
+        return [wire.encode_cancel(m, pack=self.pack) for m, w in self.pending.items() if w]
+
     def check_open(self) -> None:
         """Raises: ConnectionClosed: the connection is finished."""
         if self.error is not None:
