@@ -36,6 +36,7 @@ import collections
 import errno
 import functools
 import logging
+import math
 import os
 import socket
 import time
@@ -537,7 +538,15 @@ def _cause(exc: BaseException) -> str:
 class _Call:
     """An ``async def`` or blocking request (or notification) accepted on a connection."""
 
-    __slots__ = ("awaitable", "cancelled_by_client", "method", "msgid", "params", "scope")
+    __slots__ = (
+        "awaitable",
+        "cancelled_by_client",
+        "deadline",
+        "method",
+        "msgid",
+        "params",
+        "scope",
+    )
 
     def __init__(
         self,
@@ -545,14 +554,17 @@ class _Call:
         method: Method,
         params: list[Any],
         awaitable: Coroutine[Any, Any, Any],
-        scope: trio.CancelScope,
+        deadline: float,
     ) -> None:
         self.msgid = msgid
         self.method = method
         self.params = params
         self.awaitable = awaitable
-        self.scope = scope
+        #: When timeout_ms runs out (trio clock), counted from receipt.
+        self.deadline = deadline
         self.cancelled_by_client = False
+        #: The worker's cancel scope while the call runs, else None.
+        self.scope: trio.CancelScope | None = None
 
 
 class _MessageConnection:
@@ -740,7 +752,8 @@ class _MessageConnection:
             call = self.calls.get(event.msgid)
             if call is not None:
                 call.cancelled_by_client = True
-                call.scope.cancel()
+                if call.scope is not None:
+                    call.scope.cancel()
         elif type(event) is wire.ProtocolViolation:
             self._violation(event)
         else:
@@ -810,10 +823,8 @@ class _MessageConnection:
                 limiter=server.limiter,
                 abandon_on_cancel=True,
             )
-        scope = trio.CancelScope()
-        if timeout is not None:
-            scope.deadline = trio.current_time() + timeout
-        call = _Call(msgid, method, params, awaitable, scope)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        call = _Call(msgid, method, params, awaitable, deadline)
         if msgid is not None:
             self.calls[msgid] = call
         self.active += 1
@@ -861,13 +872,8 @@ class _MessageConnection:
     async def _worker(self) -> None:
         queue = self.queue
         while True:
-            while queue:
-                call = queue.popleft()
-                self.spare -= 1
-                if (queue or self.outbox) and not self.spare:
-                    self._add_worker()
-                await self._run_call(call)
-                self.spare += 1
+            if queue:
+                await self._run_session()
             if self.outbox:
                 await self._flush()
                 if queue:
@@ -878,40 +884,77 @@ class _MessageConnection:
             self.parked += 1
             await self.wake.park()
 
-    async def _run_call(self, call: _Call) -> None:
+    async def _run_session(self) -> None:
+        """Run queued calls one after another inside one cancel scope.
+
+        A cancel scope per call would cost more than an async echo itself,
+        so calls share the worker's scope: ``[3, msgid]`` and ``timeout_ms``
+        cancel the scope while their call is the one running in it, and the
+        next call gets a fresh scope.
+        """
+        queue = self.queue
+        call: _Call | None = None
+        with trio.CancelScope() as scope:
+            while queue:
+                call = queue.popleft()
+                self.spare -= 1
+                if (queue or self.outbox) and not self.spare:
+                    self._add_worker()
+                timed = call.deadline != math.inf
+                if call.cancelled_by_client or (timed and call.deadline <= trio.current_time()):
+                    # Cancelled or expired while it waited for a worker: never started.
+                    call.awaitable.close()
+                    self._finish(call, None, self._cancel_error(call))
+                    call = None
+                    continue
+                call.scope = scope
+                if timed:
+                    scope.deadline = call.deadline
+                result: Any = None
+                error: tuple[str, str, Any] | None = None
+                try:
+                    result = await call.awaitable
+                except Exception as exc:
+                    error = self._failure(call.method, call.params, exc)
+                call.scope = None
+                if timed:
+                    scope.deadline = math.inf
+                self._finish(call, result, error)
+                call = None
+                if scope.cancel_called:
+                    break  # the handler swallowed a cancel: later calls get a fresh scope
+        if call is not None:
+            # Its handler was cancelled (by the client or timeout_ms).
+            call.scope = None
+            self._finish(call, None, self._cancel_error(call))
+
+    def _finish(self, call: _Call, result: Any, error: tuple[str, str, Any] | None) -> None:
+        """Account for a call that is over and queue its reply."""
         server = self.server
         msgid = call.msgid
-        method = call.method
-        scope = call.scope
-        error: tuple[str, str, Any] | None = None
-        reply: bytes | None = None
-        try:
-            if scope.cancel_called or scope.deadline <= trio.current_time():
-                # Cancelled or expired while it waited for a worker: never started.
-                call.awaitable.close()
-                error = self._cancel_error(call)
-            else:
-                with scope:
-                    result = await call.awaitable
-                    if msgid is not None:
-                        reply = server.pack([1, msgid, None, result])
-                if scope.cancelled_caught:
-                    error = self._cancel_error(call)
-        except Exception as exc:
-            error = self._failure(method, call.params, exc)
-        finally:
-            if msgid is not None:
-                del self.calls[msgid]
-            self.active -= 1
-            server.requests_in_flight -= 1
-            if self.room:
-                self.room.unpark_all()
+        self.spare += 1
+        self.active -= 1
+        server.requests_in_flight -= 1
+        if self.room:
+            self.room.unpark_all()
+        if msgid is not None:
+            del self.calls[msgid]
+        pack = server.pack
         if error is not None:
             server.count_error(error[0])
-            if msgid is not None:
-                reply = server.pack([1, msgid, wire.error_map(*error), None])
-        if reply is not None:
-            self._enqueue(wire.frame(reply) if self.framed else reply)
+            if msgid is None:
+                return
+            body = pack([1, msgid, wire.error_map(*error), None])
+        elif msgid is None:
+            return
+        else:
+            try:
+                body = pack([1, msgid, None, result])
+            except Exception as exc:
+                error = self._failure(call.method, call.params, exc)
+                server.count_error(error[0])
+                body = pack([1, msgid, wire.error_map(*error), None])
+        self._enqueue(wire.frame(body) if self.framed else body)
 
     @staticmethod
     def _cancel_error(call: _Call) -> tuple[str, str, Any]:
