@@ -450,3 +450,32 @@ async def test_cancel_and_timeout_of_calls_waiting_for_a_worker(
         assert got[1] == Response(1, 2)
         assert isinstance(got[2], ErrorResponse) and got[2].code == "timeout"
         assert isinstance(got[3], ErrorResponse) and got[3].code == "cancelled"
+
+
+async def test_handler_that_swallows_cancellation_does_not_poison_later_calls(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    service = Service()
+
+    @service.method
+    async def stubborn() -> str:
+        try:
+            await trio.sleep(10)
+        except trio.Cancelled:
+            return "ignored the cancel"  # bad manners, but it must not hurt others
+        return "slept"
+
+    @service.method
+    async def nap() -> str:
+        await trio.sleep(1)
+        return "rested"
+
+    async with memory_server(Server(service)) as (_, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        await peer.request(1, "stubborn")
+        await trio.testing.wait_all_tasks_blocked()
+        await peer.send(wire.Cancel(1))
+        assert await peer.next_event() == Response(1, "ignored the cancel")
+        assert await peer.call(2, "nap") == Response(2, "rested")
+        assert await peer.call(3, "nap", timeout_ms=5000) == Response(3, "rested")

@@ -74,6 +74,9 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 )
 
 _MAX_MSGID: Final = wire.MAX_MSGID
+# Module globals are faster to reach than enum members on the hot path.
+_INLINE: Final = HandlerKind.INLINE
+_ASYNC: Final = HandlerKind.ASYNC
 _REQUEST: Final = 0
 
 
@@ -138,11 +141,12 @@ class Server:
             registry.include(service)
         self.service = registry
         self.methods: dict[str, Method] = registry.table()
-        # The engine's fast path: plain-def handlers with nothing to check first.
+        # The engine's fast paths: handlers with no annotations to check first.
         self.inline_methods: dict[str, Callable[..., Any]] = {
-            m.name: m.fn
-            for m in self.methods.values()
-            if m.kind is HandlerKind.INLINE and not m.checks
+            m.name: m.fn for m in self.methods.values() if m.kind is _INLINE and not m.checks
+        }
+        self.pooled_methods: dict[str, Method] = {
+            m.name: m for m in self.methods.values() if m.kind is not _INLINE and not m.checks
         }
         self.pack = wire.make_packer()
         self.hello = {
@@ -664,6 +668,8 @@ class _MessageConnection:
         """
         server = self.server
         inline = server.inline_methods
+        pooled = server.pooled_methods
+        max_inflight = server.max_inflight
         pack = server.pack
         framed = self.framed
         out = self.outbox
@@ -683,23 +689,32 @@ class _MessageConnection:
                     and type(msgid) is int
                     and 0 <= msgid <= _MAX_MSGID
                     and room
-                    and (fn := inline.get(name)) is not None
                     and (not calls or msgid not in calls)
                 ):
-                    server.requests_total += 1
-                    try:
-                        body = pack([1, msgid, None, fn(*params)])
-                    except Exception as exc:
-                        body = self._inline_failure(server.methods[name], msgid, params, exc)
-                    if framed:
-                        out.append(len(body).to_bytes(4, "big"))
-                    out.append(body)
-                    nbytes += len(body) + 4
-                    continue
+                    fn = inline.get(name)
+                    if fn is not None:
+                        server.requests_total += 1
+                        try:
+                            body = pack([1, msgid, None, fn(*params)])
+                        except Exception as exc:
+                            body = self._inline_failure(server.methods[name], msgid, params, exc)
+                        if framed:
+                            out.append(len(body).to_bytes(4, "big"))
+                        out.append(body)
+                        nbytes += len(body) + 4
+                        continue
+                    method = pooled.get(name)
+                    if method is not None and self.active < max_inflight:
+                        server.requests_total += 1
+                        self.outbox_bytes += nbytes
+                        nbytes = 0
+                        self._queue_call(msgid, method, params, math.inf)
+                        room = server.requests_in_flight < server.max_requests
+                        continue
             self.outbox_bytes += nbytes
             nbytes = 0
             if (
-                self.active >= server.max_inflight
+                self.active >= max_inflight
                 and type(obj) is list
                 and obj
                 and obj[0] in (wire.MessageType.REQUEST, wire.MessageType.NOTIFICATION)
@@ -807,10 +822,19 @@ class _MessageConnection:
         if bad is not None:
             self._error(msgid, ErrorCode.INVALID_PARAMS, bad)
             return
-        if method.kind is HandlerKind.INLINE:
+        if method.kind is _INLINE:
             self._run_inline(msgid, method, params)
             return
-        if method.kind is HandlerKind.ASYNC:
+        self._queue_call(
+            msgid, method, params, math.inf if timeout is None else trio.current_time() + timeout
+        )
+
+    def _queue_call(
+        self, msgid: int | None, method: Method, params: list[Any], deadline: float
+    ) -> None:
+        """Hand an async or blocking call to the worker pool."""
+        server = self.server
+        if method.kind is _ASYNC:
             try:
                 awaitable = method.fn(*params)
             except TypeError as exc:
@@ -823,7 +847,6 @@ class _MessageConnection:
                 limiter=server.limiter,
                 abandon_on_cancel=True,
             )
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
         call = _Call(msgid, method, params, awaitable, deadline)
         if msgid is not None:
             self.calls[msgid] = call
@@ -920,8 +943,9 @@ class _MessageConnection:
                 if timed:
                     scope.deadline = math.inf
                 self._finish(call, result, error)
+                swallowed = (call.cancelled_by_client or timed) and scope.cancel_called
                 call = None
-                if scope.cancel_called:
+                if swallowed:
                     break  # the handler swallowed a cancel: later calls get a fresh scope
         if call is not None:
             # Its handler was cancelled (by the client or timeout_ms).
