@@ -39,18 +39,19 @@ def reset(stream: trio.SocketStream) -> None:
     stream.socket.close()
 
 
-async def read_to_eof(stream: trio.abc.ReceiveStream, timeout: float = 10) -> bytes:
-    """Everything the peer sends until it closes (a reset counts as a close)."""
+async def read_to_eof(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
+    """Everything the peer sends until it closes (a reset counts as a close); then close."""
     got = bytearray()
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not chunk:
-                break
-            got += chunk
+    async with stream:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
     return bytes(got)
 
 

@@ -81,10 +81,11 @@ def configure(sub: Any) -> None:
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds,
         default=300.0,
         metavar="SECONDS",
-        help="close connections idle this long (0 = never)",
+        help="close a connection that has sent nothing, and is owed nothing, this long "
+        "(also before its first byte; 0 = never)",
     )
     p.add_argument(
         "--threads",
@@ -95,7 +96,7 @@ def configure(sub: Any) -> None:
     )
     p.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="on shutdown, how long to wait for requests in flight before cancelling them",
@@ -132,6 +133,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
     return value
 
 
