@@ -40,7 +40,8 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+import types
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, Final
 
 import trio
@@ -877,10 +878,10 @@ class _MessageConnection:
     # calls queue up for a small pool of worker tasks per connection. A
     # worker runs calls one after another; a handler that never blocks (an
     # async echo) costs no task switch at all. The invariant that keeps a
-    # slow call from delaying a fast one: whenever calls are queued (or
-    # replies wait to be sent), at least one worker is awake and not inside a
-    # handler (``spare``), so when the running handler blocks, that worker
-    # takes the queue and flushes the replies.
+    # slow call from delaying a fast one: when a handler is about to block
+    # its worker (_drive sees the first yield to Trio) while calls are queued
+    # or replies wait to be sent, another worker is made spare (awake and not
+    # inside a handler), so it takes the queue and flushes the replies.
 
     def _add_worker(self) -> None:
         """Make one more worker spare: wake a parked one, or start a new one."""
@@ -907,6 +908,11 @@ class _MessageConnection:
             self.parked += 1
             await self.wake.park()
 
+    def _on_block(self) -> None:
+        """A handler is about to block its worker: make sure another one is spare."""
+        if (self.queue or self.outbox) and not self.spare:
+            self._add_worker()
+
     async def _run_session(self) -> None:
         """Run queued calls one after another inside one cancel scope.
 
@@ -921,8 +927,6 @@ class _MessageConnection:
             while queue:
                 call = queue.popleft()
                 self.spare -= 1
-                if (queue or self.outbox) and not self.spare:
-                    self._add_worker()
                 timed = call.deadline != math.inf
                 if call.cancelled_by_client or (timed and call.deadline <= trio.current_time()):
                     # Cancelled or expired while it waited for a worker: never started.
@@ -936,7 +940,7 @@ class _MessageConnection:
                 result: Any = None
                 error: tuple[str, str, Any] | None = None
                 try:
-                    result = await call.awaitable
+                    result = await _drive(call.awaitable, self._on_block)
                 except Exception as exc:
                     error = self._failure(call.method, call.params, exc)
                 call.scope = None
@@ -1017,6 +1021,39 @@ class _MessageConnection:
             state.whole_scope.cancel()
         finally:
             self.sending = False
+
+
+@types.coroutine
+def _drive(
+    coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]
+) -> Generator[Any, Any, Any]:
+    """``await coro``, but call ``on_block()`` the first time it yields to Trio.
+
+    This is what ``await`` (``yield from``) does, written out so that the
+    worker learns when a handler really blocks: most quick handlers return
+    without ever yielding, and then no other worker needs waking.
+    """
+    try:
+        trap = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    on_block()
+    while True:
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # Cancelled included: the handler must see it
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(value)
+            except StopIteration as done:
+                return done.value
 
 
 def _is_pack_error(exc: BaseException) -> bool:
