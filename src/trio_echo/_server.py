@@ -965,24 +965,24 @@ class _MessageConnection:
         server.requests_in_flight -= 1
         if self.room:
             self.room.unpark_all()
-        if msgid is not None:
-            del self.calls[msgid]
-        pack = server.pack
-        if error is not None:
-            server.count_error(error[0])
-            if msgid is None:
-                return
-            body = pack([1, msgid, wire.error_map(*error), None])
-        elif msgid is None:
+        if msgid is None:
+            if error is not None:
+                server.count_error(error[0])
             return
-        else:
+        del self.calls[msgid]
+        pack = server.pack
+        if error is None:
             try:
                 body = pack([1, msgid, None, result])
             except Exception as exc:
                 error = self._failure(call.method, call.params, exc)
-                server.count_error(error[0])
-                body = pack([1, msgid, wire.error_map(*error), None])
-        self._enqueue(wire.frame(body) if self.framed else body)
+        if error is not None:
+            server.count_error(error[0])
+            body = pack([1, msgid, wire.error_map(*error), None])
+        if self.framed:
+            self.outbox.append(len(body).to_bytes(4, "big"))
+        self.outbox.append(body)
+        self.outbox_bytes += len(body) + 4
 
     @staticmethod
     def _cancel_error(call: _Call) -> tuple[str, str, Any]:
