@@ -41,8 +41,6 @@ SPLITS = settings(PROPERTY, max_examples=80)
 # --- helpers ---------------------------------------------------------------------------
 
 
-
-
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts})
     bounds = [0, *points, len(data)]
@@ -106,8 +104,6 @@ events = st.one_of(
     st.builds(Notification, names, params),
     st.builds(Cancel, msgids),
 )
-
-
 
 
 # --- (a) round trips -------------------------------------------------------------------
@@ -728,3 +724,17 @@ def test_ext_types_decode_as_msgpack_ext() -> None:
     body = wire.packb([1, 1, None, msgpack.ExtType(5, b"ab")])
     [obj] = FrameDecoder().feed(wire.frame(body))
     assert obj[3] == msgpack.ExtType(5, b"ab")
+
+
+def test_stream_decoder_release_frees_only_when_idle() -> None:
+    from trio_echo.wire import StreamDecoder, encode_request
+
+    dec = StreamDecoder()
+    msg = encode_request(1, "echo", ["x"], framed=False)
+    assert dec.release() is False  # nothing allocated yet
+    assert len(dec.feed(msg + msg[:3])) == 1
+    assert dec.release() is False  # a partial message is held
+    assert len(dec.feed(msg[3:])) == 1
+    assert dec.release() is True
+    assert dec.feed(msg * 2) == [[0, 1, "echo", ["x"]]] * 2  # a fresh Unpacker takes over
+    assert dec.buffered == 0

@@ -316,6 +316,10 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
+    def release(self) -> bool:
+        """Nothing to free: an idle FrameDecoder holds no buffer (see StreamDecoder)."""
+        return False
+
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every frame they complete."""
         if self.dead:
@@ -478,6 +482,17 @@ class StreamDecoder:
                 f"message of more than {max_frame} bytes exceeds max_frame",
             )
             return False
+        return True
+
+    def release(self) -> bool:
+        """Free the ~45 KB Unpacker if no partial message is held (e.g. when idle).
+
+        The next :meth:`feed` makes a new one. Returns True if it was freed.
+        """
+        if self._unpacker is None or self._fed != self._start:
+            return False
+        self._unpacker = None
+        self._fed = self._start = 0  # offsets restart with the next Unpacker
         return True
 
     def _die(self, out: list[Any], code: ErrorCode, message: str) -> None:
