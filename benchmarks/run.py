@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ from trio_echo._bench import BenchConfig, run_bench
 
 HERE = Path(__file__).resolve().parent
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+RESULTS_START, RESULTS_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot, from /proc/stat (0 where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(f) for f in fields]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
 def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     """One ``trio-echo bench`` run (its engine, called in-process); adds the server's CPU use."""
     cfg = BenchConfig(
@@ -153,11 +165,16 @@ def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, A
         warmup=args.warmup,
     )
     assert server.proc is not None
-    cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
+    cpu0, busy0, t0 = cpu_seconds(server.proc.pid), busy_seconds(), time.monotonic()
     result = run_bench(cfg).to_json()
-    cpu1, t1 = cpu_seconds(server.proc.pid), time.monotonic()
-    # Over the whole bench run (warm-up included): a rough "was the server saturated".
+    cpu1, busy1, t1 = cpu_seconds(server.proc.pid), busy_seconds(), time.monotonic()
+    # Over the whole bench run (warm-up included), in % of one CPU: was the server
+    # saturated, and how much did processes other than the server and client use?
     result["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
+    busy = 100 * (busy1 - busy0) / (t1 - t0)
+    result["other_cpu_pct"] = round(
+        max(0.0, busy - result["server_cpu_pct"] - result["client_cpu_pct"]), 1
+    )
     return result
 
 
@@ -242,7 +259,7 @@ def table(
             continue
         m = median_run(runs[main.label], sc)
         lat = m["latency_us"]
-        note = " ⚠" if m["errors"] else ""
+        note = " ⚠" * bool(m["errors"]) + " †" * bool(m["client_bound"])
         lat_text = f"{lat['p50']:,.0f} / {lat['p99']:,.0f} us" if lat else "-"
         row = [sc.name, fmt(figure(sc, m), sc.unit) + note, lat_text, f"{m['server_cpu_pct']:.0f}%"]
         for b in bases:
@@ -252,7 +269,8 @@ def table(
             base = median_run(runs[b.label], sc)
             ratio = figure(sc, m) / figure(sc, base) if figure(sc, base) else float("nan")
             shape = "" if b.mode_for(sc) == sc.mode else " (raw)"
-            row += [fmt(figure(sc, base), sc.unit) + shape, f"{ratio:.2f}x"]
+            mark = " ⚠" * bool(base["errors"]) + " †" * bool(base["client_bound"])
+            row += [fmt(figure(sc, base), sc.unit) + shape + mark, f"{ratio:.2f}x"]
             ratios.append(f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines), ratios
@@ -303,7 +321,18 @@ def report(
 ) -> tuple[str, list[str]]:
     """The Markdown section (table, chart, machine, command) and the ratio lines."""
     md, ratios = table(results, scenarios, servers)
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/run.py" + " --quick" * args.quick
+    command += " --update-readme" * args.update_readme
+    others = [
+        r.get("other_cpu_pct", 0.0) for runs in results.values() for rs in runs.values() for r in rs
+    ]
+    other = statistics.median(others) if others else 0.0
+    busy_note = (
+        f" Other processes kept the CPUs {other:.0f} % busy (median over the runs), so"
+        " these figures are low: only the ratios mean something."
+        if other > 25
+        else ""
+    )
     text = [
         f"Median of {args.reps} run(s) of {args.duration:g} s after {args.warmup:g} s warm-up,"
         f" 64 B payloads unless noted, {time.strftime('%Y-%m-%d')}.",
@@ -315,26 +344,38 @@ def report(
             "Servers pinned to CPU 0, `trio-echo bench` to CPU 1."
             if pinning()
             else "No CPU pinning."
-        ),
-        "The baseline is benched in raw mode with the same connections, depth and size;"
-        " ⚠ marks a run with errors. This machine's speed drifts by up to 30 % between runs,"
+        )
+        + busy_note,
+        "The baseline is benched in raw mode with the same connections, depth and size."
+        " Server CPU is trio_echo's own CPU use during the run (100 % = its core was"
+        " saturated). ⚠ marks a run with errors, † one where the client was probably the"
+        " bottleneck. Speed on a shared VM drifts by up to 30 % between runs,"
         " so compare within one table.",
         "",
         f"Regenerate: `pip install -e '.[bench]' && {command}`.",
     ]
     if image:
-        text[3:3] = [f"![requests/s by scenario]({image})", ""]
+        text[4:4] = [f"![requests/s by scenario]({image})", ""]
     return "\n".join(text) + "\n", ratios
 
 
 def update_readme(readme: Path, body: str) -> bool:
-    """Replace the text between the bench markers of README.md; False if absent."""
+    """Replace the results inside README.md's bench block; False if the block is absent.
+
+    The block (between the ``bench:start``/``bench:end`` markers) holds prose
+    and an inner ``bench-results`` block, which is what gets rewritten; without
+    the inner markers, a new inner block goes at the end of the outer one.
+    """
     text = readme.read_text()
     if MARK_START not in text or MARK_END not in text:
         return False
-    pattern = re.escape(MARK_START) + ".*?" + re.escape(MARK_END)
-    block = f"{MARK_START}\n### Latest benchmark\n\n{body}{MARK_END}"
-    readme.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S))
+    inner = f"{RESULTS_START}\n{body}{RESULTS_END}"
+    if RESULTS_START in text and RESULTS_END in text:
+        pattern = re.escape(RESULTS_START) + ".*?" + re.escape(RESULTS_END)
+        text = re.sub(pattern, lambda _: inner, text, count=1, flags=re.S)
+    else:
+        text = text.replace(MARK_END, f"{inner}\n{MARK_END}", 1)
+    readme.write_text(text)
     return True
 
 
