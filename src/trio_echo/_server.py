@@ -283,7 +283,9 @@ class Server:
         open connections are served meanwhile, and new ones wait in the
         kernel's backlog until descriptors free up.
         """
-        failures = 0
+        failures = 0  # failed attempts in the current episode
+        reported = False  # the current episode was logged
+        last_report = -math.inf
         async with listener:
             while True:
                 try:
@@ -291,19 +293,24 @@ class Server:
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    if not failures:
+                    failures += 1
+                    now = trio.current_time()
+                    if now - last_report >= WARN_EVERY_S:  # even if it flaps
+                        last_report = now
+                        reported = True
                         log.warning(
                             "accept failed: %s; serving the open connections and retrying "
                             "every %gs until resources free up",
                             exc.strerror or exc,
                             ACCEPT_RETRY_S,
                         )
-                    failures += 1
                     await trio.sleep(ACCEPT_RETRY_S)
                     continue
                 if failures:
-                    log.warning("accepting again (after %d failed accept attempts)", failures)
+                    if reported:
+                        log.warning("accepting again (after %d failed accept attempts)", failures)
                     failures = 0
+                    reported = False
                 connections.start_soon(self._handle_accepted, stream)
 
     async def _handle_accepted(self, stream: trio.SocketStream) -> None:
@@ -441,6 +448,8 @@ class _ConnectionState:
                     exc = group.exceptions[0]
                     log.debug("connection %s lost: %s", self.peer, _cause(exc))
         finally:
+            if self.engine is not None:
+                self.engine.abandon()
             await trio.aclose_forcefully(stream)
 
     async def receive(self) -> bytes:
@@ -604,6 +613,18 @@ class _MessageConnection:
     def busy(self) -> bool:
         return bool(self.active or self.outbox or self.sending)
 
+    def abandon(self) -> None:
+        """Account for calls cut short when the connection ends early.
+
+        A reset, the idle reaper or the end of the grace period cancels the
+        workers, so their calls never reach ``_finish``.
+        """
+        if self.active:
+            self.server.requests_in_flight -= self.active
+            self.active = 0
+        while self.queue:
+            self.queue.popleft().awaitable.close()
+
     # --- the read loop -------------------------------------------------------------------
 
     async def run(self, initial: bytes) -> None:
@@ -632,12 +653,14 @@ class _MessageConnection:
                         del backlog[:done]
                     if self.outbox:
                         await self._flush()
-                    if self.decoder.dead or self.closing:
+                    if self.closing:  # a fatal error, reached in order (backlog first)
                         break
                     while self.active >= max_inflight or self.outbox_bytes >= OUTBOX_HIGH_WATER:
-                        if state.stop_requested:
+                        if state.stop_requested and not backlog:
                             break
-                        state.in_read = True
+                        # Shutdown may cut this wait short only if nothing read is
+                        # pending: requests already read get answered like the rest.
+                        state.in_read = not backlog
                         await self.room.park()
                         state.in_read = False
                     if backlog:
