@@ -55,6 +55,15 @@ async def read_to_eof(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
     return bytes(got)
 
 
+def error_code(event: wire.Event) -> str | None:
+    """The code of an error response or error notice, else None."""
+    if isinstance(event, wire.ErrorResponse):
+        return event.code
+    if isinstance(event, wire.Notification) and event.method == "error":
+        return str(event.params[0]["code"])
+    return None
+
+
 def decode_all(data: bytes, mode: wire.Mode = wire.Mode.FRAMED) -> list[wire.Event]:
     """Every event in ``data`` (a whole server-to-client byte stream)."""
     conn = wire.Connection(mode=mode, max_frame=2**31)

@@ -19,6 +19,7 @@ from fault_tools import (
     Gate,
     SyncPeer,
     decode_all,
+    error_code,
     eventually,
     kinds_service,
     proc_status_kib,
@@ -31,15 +32,6 @@ from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
 from helpers import Peer, ServerProcess, framed_peer, tcp_server
 
 IDLE_S = 0.3
-
-
-def error_code(event: wire.Event) -> str | None:
-    """The code of an error response or error notice, else None."""
-    if isinstance(event, ErrorResponse):
-        return event.code
-    if isinstance(event, Notification) and event.method == "error":
-        return str(event.params[0]["code"])
-    return None
 
 
 async def connect(port: int) -> trio.SocketStream:
