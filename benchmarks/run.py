@@ -75,6 +75,7 @@ class Server:
     argv: list[str]
     modes: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    own_methods: bool = False  # serves the scenarios' methods; else is called with echo
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -83,6 +84,9 @@ class Server:
 
     def mode_for(self, sc: Scenario) -> str:
         return sc.mode if sc.mode in self.modes else "raw"
+
+    def method_for(self, sc: Scenario) -> str:
+        return sc.method if self.own_methods else "echo"
 
 
 def pinning() -> list[str]:
@@ -160,7 +164,7 @@ def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, A
         connections=sc.connections,
         pipeline=sc.pipeline,
         size=sc.size,
-        method=sc.method,
+        method=server.method_for(sc),
         duration=args.duration,
         warmup=args.warmup,
     )
@@ -267,11 +271,18 @@ def table(
                 row += ["", ""]
                 continue
             base = median_run(runs[b.label], sc)
-            ratio = figure(sc, m) / figure(sc, base) if figure(sc, base) else float("nan")
             shape = "" if b.mode_for(sc) == sc.mode else " (raw)"
+            shape += "" if b.method_for(sc) == sc.method else f" ({b.method_for(sc)})"
             mark = " ⚠" * bool(base["errors"]) + " †" * bool(base["client_bound"])
+            if not figure(sc, base):
+                row += [fmt(0, sc.unit) + shape + mark, "-"]
+                continue
+            ratio = figure(sc, m) / figure(sc, base)
             row += [fmt(figure(sc, base), sc.unit) + shape + mark, f"{ratio:.2f}x"]
-            ratios.append(f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}")
+            line = f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}"
+            if lat and base["latency_us"]:
+                line += f"  (p50 latency {lat['p50'] / base['latency_us']['p50']:.2f}x)"
+            ratios.append(line)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines), ratios
 
@@ -400,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="LABEL:MODES:CMD",
-        help="another server to compare, e.g. 'floor:framed:python floor.py --port {port}'",
+        help="another server to compare, e.g. 'floor:framed:python floor.py --port {port}';"
+        " it is called with echo whatever the scenario's method",
     )
     p.add_argument(
         "--update-readme", action="store_true", help="write the table into README.md's bench block"
@@ -418,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
              "--log-level", "warning", "--grace", "1"],
             ("framed", "mprpc", "raw"),
             env={"PYTHONPATH": pythonpath},
+            own_methods=True,
         ),
         Server("bare trio echo", [py, str(HERE / "bare_echo.py"), "--port", "{port}"],
                ("raw", "any")),

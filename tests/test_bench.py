@@ -193,6 +193,17 @@ async def test_wrong_raw_echo_is_an_error() -> None:
     assert code == 1 and r["errors_by_code"]["wrong_result"] > 0
 
 
+async def closing_server(stream: trio.SocketStream) -> None:
+    """Hangs up at once."""
+    await stream.aclose()
+
+
+async def test_lost_connections_are_errors() -> None:
+    code, r = await run_bench_against(closing_server, "-c", "3", "--workers", "1")
+    assert code == 1 and r["requests"] == 0
+    assert r["errors_by_code"] == {"connection_lost": 3} and r["connections_open"] == 0
+
+
 # --- the worker's pieces --------------------------------------------------------------
 
 

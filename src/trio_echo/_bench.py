@@ -166,13 +166,13 @@ def run_bench(
     try:
         _gather(cfg, pipes, procs, results, startup_errors, report, on_progress)
     finally:
+        for p in pipes:
+            p.close()  # a worker still waiting for "go" sees EOF and exits
         for proc in procs:
             proc.join(2)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        for p in pipes:
-            p.close()
     _merge(report, results, startup_errors)
     return report
 

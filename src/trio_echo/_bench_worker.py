@@ -207,6 +207,7 @@ class Worker:
         self.errors: collections.Counter[str] = collections.Counter()
         self.completed = 0  # successful completions, warm-up included (for progress)
         self.conns: dict[int, _Conn] = {}
+        self.alive = 0  # connections still open; the worker stops early at 0
         self.poller = _Poller()
         self.running = False
         self.t_measure = 0
@@ -256,6 +257,7 @@ class Worker:
             elif spec.mode == "mprpc":
                 c.feed = _mprpc_feed()
             self.conns[c.fd] = c
+            self.alive += 1
             self.poller.register(c.fd, _IN)
 
     # --- the loop ----------------------------------------------------------------
@@ -311,7 +313,7 @@ class Worker:
                 if ctrl is not None:
                     with contextlib.suppress(OSError):
                         ctrl.send(("progress", self.completed, sum(self.errors.values())))
-            if now >= self.t_end:
+            if now >= self.t_end or not self.alive:
                 break
         end = min(now, self.t_end)
         res = self.res
@@ -330,6 +332,7 @@ class Worker:
     def _lose(self, c: _Conn, why: str = "connection_lost") -> None:
         if c.alive:
             c.alive = False
+            self.alive -= 1
             self.errors[why] += 1
             with contextlib.suppress(OSError, KeyError, ValueError):
                 self.poller.unregister(c.fd)
