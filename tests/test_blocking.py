@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -112,6 +113,24 @@ def test_connection_loss_fails_pending_calls(srv: ServerThread, gate: Gate) -> N
             with pytest.raises(trio_echo.ConnectionClosed):
                 call.result(timeout=10)
         assert client.closed
+
+
+def test_ctrl_c_in_a_call_cancels_it_on_the_server(srv: ServerThread, gate: Gate) -> None:
+    def interrupt_when_running() -> None:
+        srv.run(gate.entered.wait)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    assert threading.current_thread() is threading.main_thread()
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        interrupter = threading.Thread(target=interrupt_when_running)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.call("block")
+        interrupter.join()
+        srv.settle()
+        stats = client.call("stats")
+        assert stats["requests_in_flight"] == 0 and stats["errors"] == {"cancelled": 1}
+        assert client._core.pending == {}  # the late "cancelled" reply was dropped
 
 
 def test_close_cancels_pending_calls_on_the_server(srv: ServerThread, gate: Gate) -> None:

@@ -127,14 +127,17 @@ class BlockingClient(ClientBase[Future[Any]]):
         The server is sent a cancel for each pending call first. Closing twice
         is fine.
         """
+        message = "the client closed the connection"
         with self._lock:
-            cancels = self._core.cancels()
+            waiters, cancels = self._core.abandon_all()
+        for future in waiters:
+            future.set_exception(ConnectionClosed(message))
         if cancels:
             try:
                 self._send(b"".join(cancels))
             except ConnectionClosed:
                 pass
-        self._fail(ConnectionClosed("the client closed the connection"))
+        self._fail(ConnectionClosed(message))
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

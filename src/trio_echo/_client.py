@@ -147,13 +147,16 @@ class Client(ClientBase[trio.lowlevel.Task]):
     async def _close(self, flush_s: float) -> None:
         try:
             if self._running and not self.closed:
-                for cancel in self._core.cancels():
+                waiters, cancels = self._core.abandon_all()
+                for task in waiters:
+                    trio.lowlevel.reschedule(task, outcome.Error(_closed_by_us()))
+                for cancel in cancels:
                     self._queue(cancel)
                 with trio.move_on_after(flush_s):
                     while (self._outbox or self._writing) and not self.closed:
                         await self._drained_lot.park()
         finally:
-            self._fail(ConnectionClosed("the client closed the connection"))
+            self._fail(_closed_by_us())
             await trio.aclose_forcefully(self._stream)
 
     # -- sending -------------------------------------------------------------------------
@@ -248,6 +251,10 @@ class Client(ClientBase[trio.lowlevel.Task]):
                     nursery.start_soon(self._writer)
         finally:
             self._running = False
+
+
+def _closed_by_us() -> ConnectionClosed:
+    return ConnectionClosed("the client closed the connection")
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -165,12 +165,19 @@ class ClientCore(Generic[W]):
         self.pending[msgid] = None
         return None if self.error is not None else wire.encode_cancel(msgid, pack=self.pack)
 
-    def cancels(self) -> list[bytes]:
-        """Cancel messages for every call still waiting (sent when closing, so that
-        the server stops their handlers instead of finishing them for nobody)."""
+    def abandon_all(self) -> tuple[list[W], list[bytes]]:
+        """Give up every waiting call, as when closing; their msgids stay reserved.
+
+        Returns their waiters (to fail) and the cancels to send, so that the
+        server stops their handlers instead of finishing them for nobody.
+        """
         if self.error is not None:
-            return []
-        return [wire.encode_cancel(m, pack=self.pack) for m, w in self.pending.items() if w]
+            return [], []
+        live = [(m, w) for m, w in self.pending.items() if w is not None]
+        for msgid, _ in live:
+            self.pending[msgid] = None
+        cancels = [wire.encode_cancel(m, pack=self.pack) for m, _ in live]
+        return [w for _, w in live], cancels
 
     def check_open(self) -> None:
         """Raises: ConnectionClosed: the connection is finished."""
