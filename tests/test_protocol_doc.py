@@ -65,9 +65,7 @@ def _vectors() -> dict[str, Vector]:
     orphans = set(decoded) - set(hexes)
     assert not orphans, f"decoded blocks without a vector: {orphans}"
     return {
-        name: Vector(
-            name, attrs["kind"], data[name], attrs, decoded.get(name), name in decoded
-        )
+        name: Vector(name, attrs["kind"], data[name], attrs, decoded.get(name), name in decoded)
         for name, attrs in hexes.items()
     }
 
@@ -93,8 +91,6 @@ def test_the_required_vectors_are_there() -> None:
     assert all(v.kind in {"preamble", "frame", "stream"} for v in VECTORS.values())
 
 
-
-
 def decode(vector: Vector) -> list[Any]:
     if vector.kind == "frame":
         decoder: FrameDecoder | StreamDecoder = FrameDecoder()
@@ -106,8 +102,6 @@ def decode(vector: Vector) -> list[Any]:
     one_by_one = [item for b in vector.data for item in trickled.feed(bytes([b]))]
     assert one_by_one == items
     return items
-
-
 
 
 GOOD = sorted(n for n, v in VECTORS.items() if "error" not in v.attrs and v.kind != "preamble")
