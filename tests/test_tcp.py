@@ -352,3 +352,21 @@ async def test_connection_reset_mid_request_is_quiet(caplog: pytest.LogCaptureFi
             assert await peer.call(1, "ping") == Response(1, "pong")
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []
     assert any("lost" in r.getMessage() for r in caplog.records if r.levelname == "DEBUG")
+
+
+async def test_quiet_msgpack_rpc_connection_frees_its_decoder() -> None:
+    server = Server(idle_timeout=0)  # trimming must not depend on the idle timeout
+    async with tcp_server(server) as (_, port):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            peer = Peer(stream, wire.Mode.MPRPC)
+            assert await peer.call(1, "echo", "x") == Response(1, "x")
+            (conn,) = server._conns
+            assert conn.engine is not None
+            decoder = conn.engine.decoder
+            assert isinstance(decoder, wire.StreamDecoder) and decoder.buffered == 0
+            with trio.fail_after(10):
+                while decoder._unpacker is not None:  # noqa: ASYNC110 - the reaper ticks
+                    await trio.sleep(0.05)
+            # The next message gets a fresh Unpacker.
+            assert await peer.call(2, "echo", "y") == Response(2, "y")
