@@ -100,7 +100,9 @@ async def framed_peer(port: int) -> AsyncIterator[Peer]:
 class ServerProcess:
     """``python -m trio_echo serve`` in a subprocess on a free port (use as a context manager)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, ready: str = r"listening on \S+:(\d+)"
+    ) -> None:
         import subprocess
         import sys
 
@@ -111,7 +113,7 @@ class ServerProcess:
             env=env,
         )
         self.log: list[str] = []
-        self.port = self._wait_for_port()
+        self.port = self._wait_for_port(ready)
         # Keep draining stderr so a chatty server never blocks on a full pipe.
         import threading
 
@@ -123,13 +125,13 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.log.append(line)
 
-    def _wait_for_port(self) -> int:
+    def _wait_for_port(self, ready: str) -> int:
         import re
 
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.log.append(line)
-            match = re.search(r"listening on \S+:(\d+)", line)
+            match = re.search(ready, line)
             if match:
                 return int(match.group(1))
         raise RuntimeError("server exited before listening:\n" + "".join(self.log))

@@ -71,7 +71,9 @@ def worker_pids(port: int, n: int) -> list[int]:
 
 
 def test_workers_share_the_port_restart_and_drain() -> None:
-    with ServerProcess("--workers", "2", "--grace", "20") as srv:
+    # The supervisor logs its line once every worker listens.
+    ready = r"supervisor listening on \S+:(\d+)"
+    with ServerProcess("--workers", "2", "--grace", "20", ready=ready) as srv:
         pids = worker_pids(srv.port, 40)
         # SO_REUSEPORT hashes each connection to a worker: both get some.
         assert len(set(pids)) == 2
