@@ -107,7 +107,9 @@ class WorkerResult:
 class _Conn:
     """One client connection's state."""
 
-    __slots__ = ("alive", "done", "fd", "feed", "inflight", "next_id", "out", "rx", "sent", "sock")
+    __slots__ = (
+        "alive", "done", "fd", "feed", "inflight", "next_id", "out", "pending", "rx", "sent", "sock"
+    )  # fmt: skip
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -117,7 +119,9 @@ class _Conn:
         self.inflight: dict[int, int] = {}  # RPC: msgid -> send time (ns)
         self.next_id = 0
         self.feed: Callable[[bytes], Iterable[Any]] | None = None
-        self.sent: collections.deque[int] = collections.deque()  # raw: send times
+        # raw: [send time, messages] per refill, oldest first, and their total
+        self.sent: collections.deque[list[int]] = collections.deque()
+        self.pending = 0
         self.rx = 0  # raw: bytes received
         self.done = 0  # raw: messages completed
 
@@ -217,6 +221,7 @@ class Worker:
         if raw:
             # The echoed stream is the payload repeated; any recv is a slice of this.
             self.pattern = self.payload * ((RECV_SIZE // max(spec.size, 1)) + 2)
+            self.raw_batches: dict[int, bytes] = {}
             self.expected: Any = None
         else:
             params: list[Any] = [] if spec.method == "ping" else [self.payload]
@@ -431,25 +436,22 @@ class Worker:
         if sent_times:
             self.completed += len(sent_times)
             if measuring and now < self.t_end:
-                self._record(now, sent_times)
+                # Requests sent by one refill share their send time: group them.
+                first = sent_times[0]
+                if sent_times.count(first) == len(sent_times):
+                    self._record(now, [(first, len(sent_times))])
+                else:
+                    self._record(now, list(collections.Counter(sent_times).items()))
         if now < self.t_end:
             self._refill_rpc(c, now)
 
-    def _record(self, now: int, sent_times: list[int]) -> None:
-        """Count completions inside the measured window and their latencies."""
+    def _record(self, now: int, groups: list[tuple[int, int]]) -> None:
+        """Count completions inside the measured window: (send time, how many) pairs."""
         res = self.res
         hist = self.hist
-        n = len(sent_times)
-        res.requests += n
-        # Requests sent by one refill share their send time: group them.
-        first = sent_times[0]
-        groups: Iterable[tuple[int, int]]
-        if sent_times.count(first) == n:
-            groups = ((first, n),)
-        else:
-            groups = collections.Counter(sent_times).items()
         for sent, k in groups:
             lat = now - sent
+            res.requests += k
             hist[bucket_of(lat)] += k
             res.lat_sum_ns += lat * k
             if lat > res.lat_max_ns:
@@ -470,11 +472,15 @@ class Worker:
     # --- raw echo ----------------------------------------------------------------
 
     def _refill_raw(self, c: _Conn, now: int) -> None:
-        k = self.spec.pipeline - len(c.sent)
+        k = self.spec.pipeline - c.pending
         if k <= 0 or not c.alive:
             return
-        c.sent.extend([now] * k)
-        self._send(c, self.payload * k)
+        c.sent.append([now, k])
+        c.pending += k
+        batch = self.raw_batches.get(k)
+        if batch is None:
+            batch = self.raw_batches[k] = self.payload * k
+        self._send(c, batch)
 
     def _read_raw(self, c: _Conn, now: int, measuring: bool) -> None:
         data = self._recv(c)
@@ -488,17 +494,26 @@ class Worker:
                 self.errors["wrong_result"] += 1
         c.rx += n
         k = c.rx // size - c.done
-        if k > len(c.sent):
+        if k > c.pending:
             self.errors["unexpected_data"] += 1
             self._lose(c, "bad_message")
             return
         if k:
             c.done += k
+            c.pending -= k
             self.completed += k
-            popleft = c.sent.popleft
-            sent_times = [popleft() for _ in range(k)]
+            groups: list[tuple[int, int]] = []
+            sent = c.sent
+            while k:
+                batch = sent[0]
+                taken = min(k, batch[1])
+                groups.append((batch[0], taken))
+                k -= taken
+                batch[1] -= taken
+                if not batch[1]:
+                    sent.popleft()
             if measuring and now < self.t_end:
-                self._record(now, sent_times)
+                self._record(now, groups)
             if now < self.t_end:
                 self._refill_raw(c, now)
 
