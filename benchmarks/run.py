@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -36,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trio_echo import wire
 from trio_echo._bench import BenchConfig, run_bench
+from trio_echo._bench_worker import FramedReader
 
 HERE = Path(__file__).resolve().parent
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -186,18 +189,81 @@ def figure(sc: Scenario, r: dict[str, Any]) -> float:
     return float(r["mb_per_s"] if sc.unit == "MB/s" else r["req_per_s"])
 
 
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process in KiB, from /proc (0 where there is none)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def idle_memory(server: Server, n: int) -> dict[str, Any]:
+    """Open ``n`` connections with one request each, hold them: RSS per connection.
+
+    trio_echo gets framed connections (preamble, one ``ping``), the bare echo
+    server raw ones (one byte). RSS is sampled 0.5 s after the last reply.
+    """
+    assert server.proc is not None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
+    framed = server.own_methods
+    hello = wire.PREAMBLE + wire.encode_request(1, "ping", []) if framed else b"x"
+    before = rss_kb(server.proc.pid)
+    socks: list[socket.socket] = []
+    errors = 0
+    t0 = time.monotonic()
+    try:
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            socks.append(sock)
+            sock.sendall(hello)
+        for sock in socks:
+            reader = FramedReader()
+            got: list[Any] = []
+            while not (got[-1:] and got[-1][0] == 1 if framed else got):
+                data = sock.recv(4096)
+                if not data:
+                    errors += 1
+                    break
+                got += reader.feed(data) if framed else [data]
+        open_s = time.monotonic() - t0
+        time.sleep(0.5)
+        after = rss_kb(server.proc.pid)
+    finally:
+        for sock in socks:
+            sock.close()
+    return {
+        "connections": n,
+        "open_s": round(open_s, 3),
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "kb_per_conn": round((after - before) / n, 2),
+        "errors": errors,
+    }
+
+
 def run_all(
     servers: list[Server], scenarios: list[Scenario], args: argparse.Namespace
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """results[scenario][server label] = one bench result per repetition."""
+) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, dict[str, Any]]]:
+    """(results[scenario][server label] = a bench result per repetition, idle[server label])."""
     pin = pinning()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {sc.name: {} for sc in scenarios}
+    idle: dict[str, dict[str, Any]] = {}
     affinity = os.sched_getaffinity(0)
     try:
         for s in servers:
             start(s, pin)
         if pin:
             os.sched_setaffinity(0, {1})  # the bench workers inherit it
+        for s in servers[:2] if args.idle else []:  # fresh servers: nothing freed to reuse yet
+            r = idle_memory(s, args.idle)
+            idle[s.label] = r
+            line = f"idle x {args.idle:<27} {s.label:16} {r['kb_per_conn']:>12,.1f} KB/conn"
+            print(f"         {line}  errors {r['errors']}", file=sys.stderr)
         for rep in range(args.reps):
             for sc in scenarios:
                 order = [s for s in servers if s.serves(sc)]
@@ -211,7 +277,7 @@ def run_all(
         os.sched_setaffinity(0, affinity)
         for s in servers:
             stop(s)
-    return results
+    return results, idle
 
 
 def median_run(runs: list[dict[str, Any]], sc: Scenario) -> dict[str, Any]:
@@ -272,7 +338,8 @@ def table(
                 continue
             base = median_run(runs[b.label], sc)
             shape = "" if b.mode_for(sc) == sc.mode else " (raw)"
-            shape += "" if b.method_for(sc) == sc.method else f" ({b.method_for(sc)})"
+            if b.mode_for(sc) == sc.mode and b.method_for(sc) != sc.method:
+                shape += f" ({b.method_for(sc)})"
             mark = " ⚠" * bool(base["errors"]) + " †" * bool(base["client_bound"])
             if not figure(sc, base):
                 row += [fmt(0, sc.unit) + shape + mark, "-"]
@@ -325,6 +392,7 @@ def chart(
 
 def report(
     results: dict[str, dict[str, list[dict[str, Any]]]],
+    idle: dict[str, dict[str, Any]],
     scenarios: list[Scenario],
     servers: list[Server],
     args: argparse.Namespace,
@@ -344,12 +412,28 @@ def report(
         if other > 25
         else ""
     )
+    idle_md = [
+        f"| {label} | {r['connections']:,} {'framed' if i == 0 else 'raw'} | {r['open_s']:.2f} s"
+        f" | {r['rss_before_kb'] / 1024:,.1f} → {r['rss_after_kb'] / 1024:,.1f} MiB"
+        f" | {r['kb_per_conn']:,.1f} KB |"
+        for i, (label, r) in enumerate(idle.items())
+    ]
+    if idle_md:
+        idle_md[:0] = [
+            "Idle connections, each opened with one request (a `ping`, or one byte of raw echo),"
+            " server RSS 0.5 s after the last reply:",
+            "",
+            "| server | connections | open + first reply | RSS | per connection |",
+            "|---|---|---|---|---|",
+        ]
+        idle_md.append("")
     text = [
         f"Median of {args.reps} run(s) of {args.duration:g} s after {args.warmup:g} s warm-up,"
         f" 64 B payloads unless noted, {time.strftime('%Y-%m-%d')}.",
         "",
         md,
         "",
+        *idle_md,
         f"Machine: {machine()}. "
         + (
             "Servers pinned to CPU 0, `trio-echo bench` to CPU 1."
@@ -404,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
     p.add_argument("--reps", type=int, default=3, help="repetitions (the median is reported)")
+    p.add_argument(
+        "--idle", type=int, default=2000, help="idle connections for the memory test (0: skip)"
+    )
     p.add_argument("--only", default="", help="regex: run only the matching scenarios")
     p.add_argument("--out", type=Path, default=HERE, help="folder for results.md/.json/.png")
     p.add_argument(
@@ -419,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.reps = 0.3, 0.1, 1
+        args.duration, args.warmup, args.reps, args.idle = 0.3, 0.1, 1, min(args.idle, 100)
     scenarios = [sc for sc in SCENARIOS if re.search(args.only, sc.name)]
     py = sys.executable
     pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -436,22 +523,26 @@ def main(argv: list[str] | None = None) -> int:
                ("raw", "any")),
         *map(parse_extra, args.extra),
     ]  # fmt: skip
-    results = run_all(servers, scenarios, args)
+    results, idle = run_all(servers, scenarios, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    data = {"scenarios": results, "idle": idle}
+    (args.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     has_chart = chart(results, scenarios, servers, args.out / "results.png")
-    body, ratios = report(results, scenarios, servers, args, "results.png" if has_chart else None)
+    body, ratios = report(
+        results, idle, scenarios, servers, args, "results.png" if has_chart else None
+    )
     (args.out / "results.md").write_text("# Benchmark results\n\n" + body)
     print(body)
     print("\n".join(ratios))
     if not has_chart:
         print("(no chart: pip install matplotlib, or the package's [bench] extra)", file=sys.stderr)
     readme_body, _ = report(
-        results, scenarios, servers, args, "benchmarks/results.png" if has_chart else None
+        results, idle, scenarios, servers, args, "benchmarks/results.png" if has_chart else None
     )
     if args.update_readme and not update_readme(HERE.parent / "README.md", readme_body):
         print("README.md has no bench markers; not updated", file=sys.stderr)
     errors = sum(r["errors"] for runs in results.values() for rs in runs.values() for r in rs)
+    errors += sum(r["errors"] for r in idle.values())
     return 1 if errors else 0
 
 

@@ -288,6 +288,10 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         assert name in table
     assert "trio_echo / bare trio echo" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    for runs in results.values():
+    for runs in results["scenarios"].values():
         for label in ("trio_echo", "bare trio echo"):
             assert runs[label][0]["requests"] > 0 and runs[label][0]["errors"] == 0
+    for label in ("trio_echo", "bare trio echo"):
+        idle = results["idle"][label]
+        assert idle["connections"] == 100 and idle["errors"] == 0 and "kb_per_conn" in idle
+    assert "per connection" in table
