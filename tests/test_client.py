@@ -398,6 +398,24 @@ async def test_closing_cancels_pending_calls_on_the_server() -> None:
         assert server.errors == {"cancelled": 1}
 
 
+async def test_outer_cancel_still_cancels_on_the_server() -> None:
+    async with tcp_server() as (server, port):
+        with trio.CancelScope() as scope:
+            async with (
+                trio_echo.open_client("127.0.0.1", port) as client,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(client.call, "sleep", 30)
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.requests_in_flight == 1
+                scope.cancel()  # cancels the client's own reader and writer too
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.requests_in_flight == 0
+        assert server.errors == {"cancelled": 1}
+
+
 async def test_peer_closing_mid_call() -> None:
     async with fake_pair() as (client, fake), trio.open_nursery() as nursery:
 

@@ -75,6 +75,8 @@ class Client(ClientBase[trio.lowlevel.Task]):
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._writing = False
+        self._send_broken = False
+        self._send_scope: trio.CancelScope | None = None
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
         # Cancelled to stop the reader and writer; never the body's scope.
@@ -146,18 +148,25 @@ class Client(ClientBase[trio.lowlevel.Task]):
 
     async def _close(self, flush_s: float) -> None:
         try:
-            if self._running and not self.closed:
+            if not self.closed:
                 waiters, cancels = self._core.abandon_all()
                 for task in waiters:
                     trio.lowlevel.reschedule(task, outcome.Error(_closed_by_us()))
                 for cancel in cancels:
                     self._queue(cancel)
                 with trio.move_on_after(flush_s):
-                    while (self._outbox or self._writing) and not self.closed:
-                        await self._drained_lot.park()
+                    await self._flush()
         finally:
             self._fail(_closed_by_us())
             await trio.aclose_forcefully(self._stream)
+
+    async def _flush(self) -> None:
+        """Send what is queued ourselves: the writer may be gone (cancelled with the body)."""
+        while self._writing and not self.closed:
+            await self._drained_lot.park()
+        if self._outbox and not self.closed and not self._send_broken:
+            self._writing = True  # the writer must keep off the stream from now on
+            await self._stream.send_all(b"".join(self._outbox))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -177,13 +186,20 @@ class Client(ClientBase[trio.lowlevel.Task]):
         outbox = self._outbox
         try:
             while True:
-                while not outbox:
+                while not outbox or self._writing:
                     await self._writer_lot.park()
                 data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
                 self._outbox_bytes = 0
                 self._writing = True
-                await self._stream.send_all(data)
+                # Shielded, so that cancelling the body (and with it this task)
+                # never cuts a frame short; _fail() cancels a send for good.
+                self._send_scope = trio.CancelScope(shield=True)
+                with self._send_scope:
+                    await self._stream.send_all(data)
+                if self._send_scope.cancelled_caught:
+                    self._send_broken = True
+                    return
                 self._writing = False
                 self._drained_lot.unpark_all()
         except Exception as exc:  # never into the nursery: see the module docstring
@@ -241,6 +257,8 @@ class Client(ClientBase[trio.lowlevel.Task]):
         self._outbox_bytes = 0
         self._drained_lot.unpark_all()
         self._tasks_scope.cancel()
+        if self._send_scope is not None:
+            self._send_scope.cancel()
 
     async def _run_tasks(self) -> None:
         """The reader and the writer, under a scope that only :meth:`_fail` cancels."""
