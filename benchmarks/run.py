@@ -344,7 +344,12 @@ def table(
             if not figure(sc, base):
                 row += [fmt(0, sc.unit) + shape + mark, "-"]
                 continue
-            ratio = figure(sc, m) / figure(sc, base)
+            # Each repetition ran the two back to back: the median of their ratios
+            # is steadier than the ratio of the medians when the machine drifts.
+            pairs = zip(runs[main.label], runs[b.label], strict=False)
+            ratio = statistics.median(
+                figure(sc, x) / figure(sc, y) if figure(sc, y) else 0.0 for x, y in pairs
+            )
             row += [fmt(figure(sc, base), sc.unit) + shape + mark, f"{ratio:.2f}x"]
             line = f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}"
             if lat and base["latency_us"]:
@@ -395,13 +400,11 @@ def report(
     idle: dict[str, dict[str, Any]],
     scenarios: list[Scenario],
     servers: list[Server],
-    args: argparse.Namespace,
+    meta: dict[str, Any],
     image: str | None,
 ) -> tuple[str, list[str]]:
     """The Markdown section (table, chart, machine, command) and the ratio lines."""
     md, ratios = table(results, scenarios, servers)
-    command = "python benchmarks/run.py" + " --quick" * args.quick
-    command += " --update-readme" * args.update_readme
     others = [
         r.get("other_cpu_pct", 0.0) for runs in results.values() for rs in runs.values() for r in rs
     ]
@@ -428,26 +431,28 @@ def report(
         ]
         idle_md.append("")
     text = [
-        f"Median of {args.reps} run(s) of {args.duration:g} s after {args.warmup:g} s warm-up,"
-        f" 64 B payloads unless noted, {time.strftime('%Y-%m-%d')}.",
+        f"Median of {meta['reps']} run(s) of {meta['duration']:g} s after {meta['warmup']:g} s"
+        f" warm-up, 64 B payloads unless noted, {meta['date']}.",
         "",
         md,
         "",
         *idle_md,
-        f"Machine: {machine()}. "
+        f"Machine: {meta['machine']}. "
         + (
             "Servers pinned to CPU 0, `trio-echo bench` to CPU 1."
-            if pinning()
+            if meta["pinned"]
             else "No CPU pinning."
         )
         + busy_note,
-        "The baseline is benched in raw mode with the same connections, depth and size."
+        "The baseline is benched in raw mode with the same connections, depth and size;"
+        " a ratio is the median of the per-repetition ratios (the two servers run back to"
+        " back in each)."
         " Server CPU is trio_echo's own CPU use during the run (100 % = its core was"
         " saturated). ⚠ marks a run with errors, † one where the client was probably the"
         " bottleneck. Speed on a shared VM drifts by up to 30 % between runs,"
         " so compare within one table.",
         "",
-        f"Regenerate: `pip install -e '.[bench]' && {command}`.",
+        f"Regenerate: `pip install -e '.[bench]' && {meta['command']}`.",
     ]
     if image:
         text[4:4] = [f"![requests/s by scenario]({image})", ""]
@@ -502,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         " it is called with echo whatever the scenario's method",
     )
     p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="do not run: rewrite the table, chart (and README) from a results.json",
+    )
+    p.add_argument(
         "--update-readme", action="store_true", help="write the table into README.md's bench block"
     )
     args = p.parse_args(argv)
@@ -523,13 +534,37 @@ def main(argv: list[str] | None = None) -> int:
                ("raw", "any")),
         *map(parse_extra, args.extra),
     ]  # fmt: skip
-    results, idle = run_all(servers, scenarios, args)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        meta = data["meta"]
+        servers = [
+            Server(srv["label"], [], tuple(srv["modes"]), own_methods=srv["own_methods"])
+            for srv in meta["servers"]
+        ]
+        scenarios = [sc for sc in SCENARIOS if sc.name in data["scenarios"]]
+    else:
+        results, idle = run_all(servers, scenarios, args)
+        command = "python benchmarks/run.py" + " --quick" * args.quick
+        command += " --update-readme" * args.update_readme
+        meta = {
+            "reps": args.reps,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "pinned": bool(pinning()),
+            "command": command,
+            "servers": [
+                {"label": s.label, "modes": s.modes, "own_methods": s.own_methods} for s in servers
+            ],
+        }
+        data = {"meta": meta, "scenarios": results, "idle": idle}
+    results, idle = data["scenarios"], data["idle"]
     args.out.mkdir(parents=True, exist_ok=True)
-    data = {"scenarios": results, "idle": idle}
     (args.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     has_chart = chart(results, scenarios, servers, args.out / "results.png")
     body, ratios = report(
-        results, idle, scenarios, servers, args, "results.png" if has_chart else None
+        results, idle, scenarios, servers, meta, "results.png" if has_chart else None
     )
     (args.out / "results.md").write_text("# Benchmark results\n\n" + body)
     print(body)
@@ -537,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     if not has_chart:
         print("(no chart: pip install matplotlib, or the package's [bench] extra)", file=sys.stderr)
     readme_body, _ = report(
-        results, idle, scenarios, servers, args, "benchmarks/results.png" if has_chart else None
+        results, idle, scenarios, servers, meta, "benchmarks/results.png" if has_chart else None
     )
     if args.update_readme and not update_readme(HERE.parent / "README.md", readme_body):
         print("README.md has no bench markers; not updated", file=sys.stderr)

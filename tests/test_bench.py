@@ -295,3 +295,11 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         idle = results["idle"][label]
         assert idle["connections"] == 100 and idle["errors"] == 0 and "kb_per_conn" in idle
     assert "per connection" in table
+    # --render rebuilds the same table from results.json without running anything.
+    again = tmp_path / "again"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--render",
+         str(tmp_path / "results.json"), "--out", str(again)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert (again / "results.md").read_text() == table
