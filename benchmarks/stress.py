@@ -57,6 +57,8 @@ WEIGHTS = [6, 3, 2, 2, 1, 2, 1, 2]
 SERVER_ARGS = ["--max-frame", "262144", "--max-inflight", "32", "--grace", "5"]
 #: A connection that has sent everything waits at most this long for its replies.
 REPLY_WAIT_S = 30.0
+#: The whole run is stopped (and fails) this long after the load should have ended.
+HANG_GUARD_S = 60.0
 
 
 # --- the ledger -----------------------------------------------------------------------------
@@ -494,21 +496,26 @@ async def server_stats(port: int) -> dict[str, Any]:
                     return result
 
 
-async def run(port: int, duration: float, connections: int, seed: int) -> dict[str, Tally]:
-    tallies = {name: Tally() for name in SCENARIOS}
+async def run(
+    port: int, duration: float, connections: int, seed: int, tallies: dict[str, Tally]
+) -> list[str]:
+    """Run the actors; return the scenarios still running when the hang guard fired."""
     deadline = trio.current_time() + duration
+    running: dict[int, str] = {}
 
     async def actor(index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
         while trio.current_time() < deadline:
-            name = rng.choices(SCENARIOS, WEIGHTS)[0]
+            name = running[index] = rng.choices(SCENARIOS, WEIGHTS)[0]
             await SCENARIO_FUNCS[name](port, rng, tallies[name])
+        del running[index]
 
-    with trio.fail_after(duration + 120):  # a hang is a failure, never a stuck run
+    # A hang is a failure, never a stuck run.
+    with trio.move_on_after(duration + HANG_GUARD_S):
         async with trio.open_nursery() as nursery:
             for index in range(connections):
                 nursery.start_soon(actor, index)
-    return tallies
+    return sorted(running.values())
 
 
 async def settle(port: int) -> dict[str, Any]:
@@ -520,6 +527,8 @@ async def settle(port: int) -> dict[str, Any]:
             if stats["connections_open"] == 1 and stats["requests_in_flight"] == 0:
                 break
             await trio.sleep(0.05)
+    if not stats:
+        raise OSError("the server did not answer stats")
     return stats
 
 
@@ -552,12 +561,15 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port or (server.port if server else 0)
     started = time.monotonic()
     failures: list[str] = []
+    tallies = {name: Tally() for name in SCENARIOS}
+    stats: dict[str, Any] = {}
     try:
-        tallies = trio.run(run, port, args.duration, args.connections, seed)
+        stuck = trio.run(run, port, args.duration, args.connections, seed, tallies)
+        if stuck:
+            failures.append(f"hung: {len(stuck)} connection(s) never finished ({stuck[:8]})")
         stats = trio.run(settle, port)
-    except (OSError, trio.TooSlowError) as exc:
+    except OSError as exc:
         failures.append(f"the run failed: {exc!r}")
-        tallies, stats = {}, {}
     elapsed = time.monotonic() - started
     text, total = table(tallies)
     print(text)

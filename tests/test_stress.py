@@ -15,7 +15,7 @@ def test_short_stress_run_loses_nothing() -> None:
         [sys.executable, str(STRESS), "--duration", "10"],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
