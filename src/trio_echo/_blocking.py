@@ -138,10 +138,7 @@ class BlockingClient(ClientBase[Future[Any]]):
             except ConnectionClosed:
                 pass
         self._fail(ConnectionClosed(message))
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already disconnected
+        self._shutdown()
         if threading.current_thread() is not self._reader:
             self._reader.join()
         self._sock.close()
@@ -167,6 +164,18 @@ class BlockingClient(ClientBase[Future[Any]]):
             self._fail(lost("sending failed", exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
+        except BaseException:
+            # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
+            self._fail(ConnectionClosed("a send was interrupted; the connection is unusable"))
+            self._shutdown()
+            raise
+
+    def _shutdown(self) -> None:
+        """Shut the socket down both ways; this also wakes the reader thread."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected
 
     def _give_up(self, msgid: int, future: Future[Any]) -> bool:
         """Abandon a call whose caller stopped waiting.
