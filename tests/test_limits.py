@@ -171,7 +171,9 @@ def test_a_client_that_reads_nothing_cannot_grow_the_server(tmp_path: Any) -> No
             "def becho(value):\n"
             "    return value\n"
         )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
     methods = ["echo", "aecho", "becho"]
     with ServerProcess("--app", "echoes:service", env=env) as srv:
         pid = srv.proc.pid
