@@ -419,15 +419,13 @@ def test_cli_limit_flags_reach_the_server() -> None:
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
-def test_cli_rejects_a_bad_idle_timeout(value: str) -> None:
-    import subprocess
-    import sys
+@pytest.mark.parametrize("flag", ["--idle-timeout", "--grace"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_cli_rejects_a_bad_number_of_seconds(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_echo._cli import main
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "trio_echo", "serve", "--idle-timeout", value],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2 and "--idle-timeout" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", flag, value])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
