@@ -610,10 +610,18 @@ class _MessageConnection:
         self.room = trio.lowlevel.ParkingLot()
         # The worker pool (see _add_worker).
         self.queue: collections.deque[_Call] = collections.deque()
-        self.spare = 0
+        self.waking = 0  # workers woken or started that have not looked for work yet
         self.parked = 0
         self.wake = trio.lowlevel.ParkingLot()
         self.workers_done = False
+        # Leader/follower reading (see _lead): the token of the task reading now.
+        self.reader: object | None = None
+        self.reader_wanted = False
+        self.read_done = trio.Event()
+        self.pending: bytes | bytearray = b""
+        # Messages decoded but not yet started because the connection was at
+        # max_inflight; they go before anything read later.
+        self.backlog: list[Any] = []
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
@@ -636,52 +644,15 @@ class _MessageConnection:
     # --- the read loop -------------------------------------------------------------------
 
     async def run(self, initial: bytes) -> None:
-        state = self.state
         server = self.server
-        max_inflight = server.max_inflight
-        receive_some = self.stream.receive_some
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.framed:
                 self._enqueue(wire.encode_notification("hello", [server.hello], pack=server.pack))
-            # The read loop has its own scope so that shutdown can stop it
-            # while the handlers in the nursery run on and get answered.
-            state.read_scope = trio.CancelScope()
-            with state.read_scope:
-                data: bytes | bytearray = initial
-                # Messages decoded but not yet started because the connection
-                # was at max_inflight; they go before anything read later.
-                backlog: list[Any] = []
-                while True:
-                    if data:
-                        backlog.extend(self.decoder.feed(data))
-                        data = b""
-                    if backlog:
-                        done = self._process(backlog)
-                        del backlog[:done]
-                    if self.outbox:
-                        await self._flush()
-                    if self.closing:  # a fatal error, reached in order (backlog first)
-                        break
-                    while self.active >= max_inflight or self.outbox_bytes >= OUTBOX_HIGH_WATER:
-                        if state.stop_requested and not backlog:
-                            break
-                        # Shutdown may cut this wait short only if nothing read is
-                        # pending: requests already read get answered like the rest.
-                        state.in_read = not backlog
-                        await self.room.park()
-                        state.in_read = False
-                    if backlog:
-                        continue
-                    if state.stop_requested:
-                        break
-                    # Inlined state.receive(): this is the per-read hot path.
-                    state.in_read = True
-                    data = await receive_some(RECEIVE_SIZE)
-                    state.in_read = False
-                    if not data:
-                        break  # EOF: answer what is in flight, then close
-                    state.bytes_in += len(data)
+            self.pending = initial
+            await self._lead()
+            # This task may have handed reading to a worker (see _lead).
+            await self.read_done.wait()
             # Half-close, shutdown or a fatal error: answer what is in flight, then close.
             while self.active:
                 await self.room.park()
@@ -689,6 +660,78 @@ class _MessageConnection:
             self.wake.unpark_all()
         if self.outbox:
             await self._flush()
+
+    async def _lead(self) -> None:
+        """Hold the reader role: read, answer quick requests, run queued calls.
+
+        Returns when reading is over (EOF, shutdown, a fatal error), or when
+        a handler this task ran blocked and another task took over reading
+        meanwhile (leader/follower: whoever is free reads). Running the calls
+        of a read in the reading task itself means an async handler that
+        does not block costs no task switch at all.
+        """
+        state = self.state
+        server = self.server
+        max_inflight = server.max_inflight
+        receive_some = self.stream.receive_some
+        token = object()
+        self.reader = token
+
+        def on_block() -> None:
+            # A handler is about to block this task: let a worker read meanwhile.
+            if self.reader is token:
+                self.reader = None
+                self.reader_wanted = True
+                self._on_block()
+
+        # The read loop has its own scope so that shutdown can stop it
+        # while the calls already read run on and get answered.
+        state.read_scope = trio.CancelScope()
+        with state.read_scope:
+            backlog = self.backlog
+            while True:
+                if self.pending:
+                    backlog.extend(self.decoder.feed(self.pending))
+                    self.pending = b""
+                if backlog:
+                    done = self._process(backlog)
+                    del backlog[:done]
+                if self.queue:
+                    await self._run_session(on_block)
+                    if self.reader is not token:
+                        if self.reader is not None or not self.reader_wanted:
+                            # Another task reads now; send what this one answered.
+                            if self.outbox:
+                                await self._flush()
+                            return
+                        # Nobody took over while the handler ran: carry on reading.
+                        self.reader_wanted = False
+                        self.reader = token
+                if self.outbox:
+                    await self._flush()
+                if self.closing:  # a fatal error, reached in order (backlog first)
+                    break
+                while self.active >= max_inflight or self.outbox_bytes >= OUTBOX_HIGH_WATER:
+                    if state.stop_requested and not backlog:
+                        break
+                    # Shutdown may cut this wait short only if nothing read is
+                    # pending: requests already read get answered like the rest.
+                    state.in_read = not backlog
+                    await self.room.park()
+                    state.in_read = False
+                if backlog:
+                    continue
+                if state.stop_requested:
+                    break
+                state.in_read = True
+                data = await receive_some(RECEIVE_SIZE)
+                state.in_read = False
+                if not data:
+                    break  # EOF: answer what is in flight, then close
+                state.bytes_in += len(data)
+                self.pending = data
+        self.reader = None
+        self.read_done.set()
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -885,8 +928,6 @@ class _MessageConnection:
         self.active += 1
         server.requests_in_flight += 1
         self.queue.append(call)
-        if not self.spare:
-            self._add_worker()
 
     def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
         server = self.server
@@ -905,18 +946,20 @@ class _MessageConnection:
 
     # --- the worker pool for async and blocking handlers ----------------------------------
     #
-    # Spawning a task per request costs more than the request itself, so
-    # calls queue up for a small pool of worker tasks per connection. A
-    # worker runs calls one after another; a handler that never blocks (an
-    # async echo) costs no task switch at all. The invariant that keeps a
-    # slow call from delaying a fast one: when a handler is about to block
-    # its worker (_drive sees the first yield to Trio) while calls are queued
-    # or replies wait to be sent, another worker is made spare (awake and not
-    # inside a handler), so it takes the queue and flushes the replies.
+    # Spawning a task per request costs more than the request itself. So the
+    # task that reads also runs the async and blocking calls of each read,
+    # one after another, before it reads again; a handler that never blocks
+    # (an async echo) then costs no task switch at all. The invariant that
+    # keeps a slow call from delaying a fast one: when a handler is about to
+    # block its task (_drive sees its first yield to Trio), a worker task is
+    # woken if anything is left to do (reading, queued calls, replies to
+    # send). If the blocked task was the reader, that worker becomes the
+    # reader (leader/follower), so the connection keeps being read while
+    # the handler waits. Idle workers park, a few per connection at most.
 
     def _add_worker(self) -> None:
-        """Make one more worker spare: wake a parked one, or start a new one."""
-        self.spare += 1
+        """Wake a parked worker, or start a new one."""
+        self.waking += 1
         if self.parked:
             self.parked -= 1
             self.wake.unpark(count=1)
@@ -925,26 +968,29 @@ class _MessageConnection:
             self.nursery.start_soon(self._worker)
 
     async def _worker(self) -> None:
-        queue = self.queue
         while True:
-            if queue:
-                await self._run_session()
-            if self.outbox:
-                await self._flush()
-                if queue:
-                    continue
-            self.spare -= 1
+            self.waking -= 1
+            while True:
+                if self.reader_wanted:
+                    self.reader_wanted = False
+                    await self._lead()
+                elif self.queue:
+                    await self._run_session(self._on_block)
+                elif self.outbox and not self.sending:
+                    await self._flush()
+                else:
+                    break  # (a task already sending takes the outbox along)
             if self.workers_done or self.parked >= MAX_PARKED_WORKERS:
                 return
             self.parked += 1
             await self.wake.park()
 
     def _on_block(self) -> None:
-        """A handler is about to block its worker: make sure another one is spare."""
-        if (self.queue or self.outbox) and not self.spare:
+        """A handler is about to block its task: if work is left, have a worker wake."""
+        if (self.queue or self.outbox or self.reader_wanted) and not self.waking:
             self._add_worker()
 
-    async def _run_session(self) -> None:
+    async def _run_session(self, on_block: Callable[[], None]) -> None:
         """Run queued calls one after another inside one cancel scope.
 
         A cancel scope per call would cost more than an async echo itself,
@@ -957,7 +1003,6 @@ class _MessageConnection:
         with trio.CancelScope() as scope:
             while queue:
                 call = queue.popleft()
-                self.spare -= 1
                 timed = call.deadline != math.inf
                 if call.cancelled_by_client or (timed and call.deadline <= trio.current_time()):
                     # Cancelled or expired while it waited for a worker: never started.
@@ -971,7 +1016,7 @@ class _MessageConnection:
                 result: Any = None
                 error: tuple[str, str, Any] | None = None
                 try:
-                    result = await _drive(call.awaitable, self._on_block)
+                    result = await _drive(call.awaitable, on_block)
                 except Exception as exc:
                     error = self._failure(call.method, call.params, exc)
                 call.scope = None
@@ -991,7 +1036,6 @@ class _MessageConnection:
         """Account for a call that is over and queue its reply."""
         server = self.server
         msgid = call.msgid
-        self.spare += 1
         self.active -= 1
         server.requests_in_flight -= 1
         if self.room:
