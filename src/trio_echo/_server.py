@@ -951,7 +951,7 @@ class _MessageConnection:
     # one after another, before it reads again; a handler that never blocks
     # (an async echo) then costs no task switch at all. The invariant that
     # keeps a slow call from delaying a fast one: when a handler is about to
-    # block its task (_drive sees its first yield to Trio), a worker task is
+    # block its task (its first step yields to Trio), a worker task is
     # woken if anything is left to do (reading, queued calls, replies to
     # send). If the blocked task was the reader, that worker becomes the
     # reader (leader/follower), so the connection keeps being read while
@@ -1016,7 +1016,16 @@ class _MessageConnection:
                 result: Any = None
                 error: tuple[str, str, Any] | None = None
                 try:
-                    result = await _drive(call.awaitable, on_block)
+                    # `await call.awaitable`, written out: a handler that returns
+                    # without yielding to Trio never needs another task.
+                    coro = call.awaitable
+                    try:
+                        trap = coro.send(None)
+                    except StopIteration as done:
+                        result = done.value
+                    else:
+                        on_block()
+                        result = await _resume(coro, trap)
                 except Exception as exc:
                     error = self._failure(call.method, call.params, exc)
                 call.scope = None
@@ -1099,20 +1108,12 @@ class _MessageConnection:
 
 
 @types.coroutine
-def _drive(
-    coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]
-) -> Generator[Any, Any, Any]:
-    """``await coro``, but call ``on_block()`` the first time it yields to Trio.
+def _resume(coro: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+    """Finish ``await coro`` for a coroutine that already yielded ``trap`` to Trio.
 
-    This is what ``await`` (``yield from``) does, written out so that the
-    worker learns when a handler really blocks: most quick handlers return
-    without ever yielding, and then no other worker needs waking.
+    This is what ``await`` (``yield from``) does after the first step; the
+    worker takes that first step itself to learn whether the handler blocks.
     """
-    try:
-        trap = coro.send(None)
-    except StopIteration as done:
-        return done.value
-    on_block()
     while True:
         try:
             value = yield trap
