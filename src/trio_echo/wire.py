@@ -438,8 +438,13 @@ class StreamDecoder:
                 max_ext_len=limit,
             )
         unpacker = self._unpacker
+        if len(data) <= self.CHUNK:  # the usual case: one read
+            unpacker.feed(data)
+            self._fed += len(data)
+            self._drain(unpacker, out)
+            return out
         for start in range(0, len(data), self.CHUNK):
-            chunk = data[start : start + self.CHUNK] if len(data) > self.CHUNK else data
+            chunk = data[start : start + self.CHUNK]
             unpacker.feed(chunk)
             self._fed += len(chunk)
             if not self._drain(unpacker, out):
