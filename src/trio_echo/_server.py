@@ -751,18 +751,22 @@ class _MessageConnection:
         calls = self.calls
         room = server.requests_in_flight < server.max_requests
         nbytes = 0
-        for index, obj in enumerate(items):
+        max_msgid = _MAX_MSGID
+        index = -1
+        for obj in items:
+            index += 1
             # Fast path: a well-formed request for a quick plain-def handler.
             # Anything it does not take goes through parse_message below, which
-            # is the one definition of validity (so `obj[0] is _REQUEST`, a
+            # is the one definition of validity (so `kind is _REQUEST`, a
             # CPython small-int identity, can only send work to the slow path).
-            if type(obj) is list and len(obj) == 4 and obj[0] is _REQUEST:
-                msgid, name, params = obj[1], obj[2], obj[3]
+            if type(obj) is list and len(obj) == 4:
+                kind, msgid, name, params = obj
                 if (
-                    type(name) is str
+                    kind is _REQUEST
+                    and type(name) is str
                     and type(params) is list
                     and type(msgid) is int
-                    and 0 <= msgid <= _MAX_MSGID
+                    and 0 <= msgid <= max_msgid
                     and room
                     and (not calls or msgid not in calls)
                 ):
