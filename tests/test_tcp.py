@@ -214,7 +214,8 @@ async def test_grace_period_cancels_stragglers() -> None:
     assert server.stats()["connections_open"] == 0
 
 
-def test_cli_sigterm_with_request_in_flight() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # SIGINT is Ctrl-C
+def test_cli_signal_with_request_in_flight(sig: signal.Signals) -> None:
     with ServerProcess("--grace", "20") as srv:
         sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         with sock:
@@ -228,7 +229,7 @@ def test_cli_sigterm_with_request_in_flight() -> None:
             while len(events) < 2:  # the pong proves the server has read the sleep
                 peer_conn.receive_data(sock.recv(65536))
                 events.extend(peer_conn.events())
-            srv.proc.send_signal(signal.SIGTERM)
+            srv.proc.send_signal(sig)
             while True:
                 data = sock.recv(65536)
                 peer_conn.receive_data(data)
