@@ -25,6 +25,7 @@ works on the decoded lists directly; every other input goes through
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -81,6 +82,7 @@ MPRPC_FIRST_BYTES: Final = frozenset({0x93, 0x94})
 
 #: Bytes in a frame header: an unsigned 32-bit big-endian body length.
 HEADER_SIZE: Final = 4
+_HEADER: Final = struct.Struct(">I")
 #: Default upper bound on a frame body (and on one msgpack-rpc stream message).
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
 #: Default number of requests and notifications running at once per connection.
@@ -338,8 +340,10 @@ class FrameDecoder:
         max_frame = self.max_frame
         view = None
         need = HEADER_SIZE
+        unpack_header = _HEADER.unpack_from
+        unpackb = msgpack.unpackb
         while n - off >= HEADER_SIZE:
-            length = int.from_bytes(buf[off : off + HEADER_SIZE], "big")
+            length = unpack_header(buf, off)[0]
             if length > max_frame:
                 self.dead = True
                 out.append(
@@ -367,7 +371,8 @@ class FrameDecoder:
                 else:
                     body = buf[off + HEADER_SIZE : end]
                 try:
-                    out.append(msgpack.unpackb(body, raw=False, strict_map_key=False))
+                    # raw=False is msgpack's default: str stays str (see unpackb()).
+                    out.append(unpackb(body, strict_map_key=False))
                 except Exception as exc:
                     out.append(_undecodable(exc))
             off = end
