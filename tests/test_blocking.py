@@ -13,7 +13,7 @@ import pytest
 import trio
 
 import trio_echo
-from server_thread import ServerThread, server_thread
+from server_thread import ServerThread, closes_before_hello, server_thread
 from test_client import EXCEPTIONS
 from trio_echo import Service, wire
 from trio_echo._errors import remote_error
@@ -168,19 +168,8 @@ def test_connect_failures() -> None:
 
 
 def test_close_before_hello() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def close_first() -> None:
-            conn, _ = listener.accept()
-            conn.close()
-
-        thread = threading.Thread(target=close_first)
-        thread.start()
-        with pytest.raises(trio_echo.ConnectionClosed, match="before"):
-            trio_echo.connect("127.0.0.1", listener.getsockname()[1])
-        thread.join()
+    with closes_before_hello() as port, pytest.raises(trio_echo.ConnectionClosed, match="before"):
+        trio_echo.connect("127.0.0.1", port)
 
 
 def test_notifications_reach_the_callback() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server_thread import ServerThread, server_thread
+from server_thread import ServerThread, closes_before_hello, server_thread
 from test_blocking import Gate
 from trio_echo._cli import main
 from trio_echo._cli_call import parse_arg, to_json
@@ -104,18 +104,8 @@ def test_connection_lost_mid_call_exits_2(
 
 
 def test_no_hello_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def close_first() -> None:
-            conn, _ = listener.accept()
-            conn.close()
-
-        thread = threading.Thread(target=close_first)
-        thread.start()
-        assert main(["call", "--port", str(listener.getsockname()[1]), "ping"]) == 2
-        thread.join()
+    with closes_before_hello() as port:
+        assert main(["call", "--port", str(port), "ping"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trio-echo: cannot connect") and err.count("\n") == 1
 

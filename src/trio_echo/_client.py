@@ -81,7 +81,6 @@ class Client(ClientBase[trio.lowlevel.Task]):
         self._drained_lot = trio.lowlevel.ParkingLot()
         # Cancelled to stop the reader and writer; never the body's scope.
         self._tasks_scope = trio.CancelScope()
-        self._running = False
 
     # -- public API ------------------------------------------------------------------
 
@@ -262,13 +261,10 @@ class Client(ClientBase[trio.lowlevel.Task]):
 
     async def _run_tasks(self) -> None:
         """The reader and the writer, under a scope that only :meth:`_fail` cancels."""
-        try:
-            with self._tasks_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader)
-                    nursery.start_soon(self._writer)
-        finally:
-            self._running = False
+        with self._tasks_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
 
 
 def _closed_by_us() -> ConnectionClosed:
@@ -305,7 +301,6 @@ async def _run(client: Client) -> AsyncIterator[Client]:
     collapsed: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            client._running = True
             nursery.start_soon(client._run_tasks)
             ok = False
             try:

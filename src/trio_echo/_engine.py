@@ -261,9 +261,6 @@ class MessageConnection:
             state.bytes_in += len(data)
             self.pending = data
 
-        self.reader = None
-        self.read_done.set()
-
     # --- dispatch ------------------------------------------------------------------------
 
     def _process(self, items: list[Any]) -> int:
