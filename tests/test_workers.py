@@ -5,42 +5,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 
+from fault_tools import SyncPeer
 from trio_echo import wire
 from trio_echo.wire import Response
 
 from helpers import ServerProcess
 
 
-class SyncPeer:
-    """A framed peer on a blocking socket."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.conn = wire.Connection()
-        self.sock.sendall(self.conn.initiate())
-        hello = self.next()
-        assert isinstance(hello, wire.Notification) and hello.method == "hello"
-
-    def next(self) -> wire.Event:
-        while True:
-            event = self.conn.next_event()
-            if event is not wire.NEED_DATA:
-                assert not isinstance(event, type(wire.NEED_DATA))
-                return event
-            self.conn.receive_data(self.sock.recv(65536))
-
-    def send(self, msgid: int, method: str, *params: object) -> None:
-        self.sock.sendall(self.conn.send(wire.Request(msgid, method, list(params))))
-
-    def call(self, msgid: int, method: str, *params: object) -> wire.Event:
-        self.send(msgid, method, *params)
-        return self.next()
-
-    def close(self) -> None:
-        self.sock.close()
+def framed_peer(port: int) -> SyncPeer:
+    """A framed peer on a blocking socket, past the server's hello."""
+    peer = SyncPeer(port, timeout=15)
+    hello = peer.next_event()
+    assert isinstance(hello, wire.Notification) and hello.method == "hello"
+    return peer
 
 
 def wait_until_dead(pid: int) -> None:
@@ -58,7 +37,7 @@ def wait_until_dead(pid: int) -> None:
 
 def worker_pids(port: int, n: int) -> list[int]:
     pids = []
-    peers = [SyncPeer(port) for _ in range(n)]
+    peers = [framed_peer(port) for _ in range(n)]
     try:
         for peer in peers:
             reply = peer.call(1, "stats")
@@ -92,13 +71,13 @@ def test_workers_share_the_port_restart_and_drain() -> None:
         assert any(re.search(rf"worker \d \(pid {victim}\) exited", line) for line in srv.log)
 
         # SIGTERM drains every worker: requests in flight are answered.
-        peers = [SyncPeer(srv.port) for _ in range(10)]
+        peers = [framed_peer(srv.port) for _ in range(10)]
         for i, peer in enumerate(peers):
-            peer.send(i, "sleep", 0.5)
+            peer.send(wire.Request(i, "sleep", [0.5]))
             assert peer.call(100 + i, "ping") == Response(100 + i, "pong")
         srv.proc.send_signal(signal.SIGTERM)
         for i, peer in enumerate(peers):
-            assert peer.next() == Response(i, None)
+            assert peer.next_event() == Response(i, None)
             peer.close()
         assert srv.wait() == 0
     assert "Traceback" not in "".join(srv.log)
