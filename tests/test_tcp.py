@@ -371,3 +371,32 @@ async def test_quiet_msgpack_rpc_connection_frees_its_decoder() -> None:
                     await trio.sleep(0.05)
             # The next message gets a fresh Unpacker.
             assert await peer.call(2, "echo", "y") == Response(2, "y")
+
+
+def test_cli_raises_a_low_open_files_limit() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    # Started with a soft limit of 256, the server lifts it for 1500 connections.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_echo", "serve", "--port", "0", "--max-connections", "1500"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=low_soft_limit,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        soft, _ = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        assert soft == min(1500 + 256, hard)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, AttributeError, ValueError) as exc:
         print(f"trio-echo serve: cannot load --app {args.app}: {exc}", file=sys.stderr)
         return 2
+    raise_fd_limit(args.max_connections)
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
         if workers > 1:
@@ -220,6 +221,24 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 1
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft open-files limit towards the hard one, so that the
+    default ``--max-connections`` is reachable where the soft limit is 1024."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256  # listeners, worker threads, logs, pipes
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
