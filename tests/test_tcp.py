@@ -13,6 +13,7 @@ import pytest
 import trio
 
 import trio_echo
+from fault_tools import wait_for_log
 from trio_echo import Server, Service, wire
 from trio_echo.wire import Response
 
@@ -250,8 +251,10 @@ def test_cli_second_signal_exits_at_once() -> None:
             sock.sendall(conn.initiate() + conn.send(wire.Request(1, "sleep", [60])))
             sock.recv(65536)  # the hello
             srv.proc.send_signal(signal.SIGINT)
+            # Signals do not queue: send the second once the first was handled.
+            wait_for_log(srv.log, "shutting down gracefully")
             srv.proc.send_signal(signal.SIGINT)
-            code = srv.stop(timeout=10)
+            code = srv.wait(timeout=10)
     assert code == 1
     assert "Traceback" not in "".join(srv.log)
 
