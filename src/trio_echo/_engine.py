@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import logging
 import math
 import types
@@ -53,11 +54,12 @@ OUTBOX_HIGH_WATER: Final = 1024 * 1024
 #: Idle worker tasks a connection keeps for its next async/blocking calls.
 MAX_PARKED_WORKERS: Final = 4
 
-_MAX_MSGID: Final = wire.MAX_MSGID
 # Module globals are faster to reach than enum members on the hot path.
 _INLINE: Final = HandlerKind.INLINE
 _ASYNC: Final = HandlerKind.ASYNC
 _REQUEST: Final = 0
+_MSGIDS: Final = range(wire.MAX_MSGID + 1)  # `in` a range is a C-level bounds check
+_NONE: Final[dict[str, Any]] = {}
 
 
 class _Call:
@@ -108,9 +110,15 @@ class MessageConnection:
         self.calls: dict[int, _Call] = {}
         self.active = 0  # requests + notifications running on this connection
         self.outbox: list[bytes] = []
+        # Bytes of outbox[:counted]; the rest is summed only when someone asks
+        # (see _backed_up), which keeps a byte count off the per-reply path.
         self.outbox_bytes = 0
+        self.counted = 0
         self.sending = False
+        # Tasks wait in `room` for requests to finish or the outbox to drain;
+        # `waiting` counts them, as ParkingLot's own truth test is a Python call.
         self.room = trio.lowlevel.ParkingLot()
+        self.waiting = 0
         # The worker pool (see _add_worker).
         self.queue: collections.deque[_Call] = collections.deque()
         self.waking = 0  # workers woken or started that have not looked for work yet
@@ -121,7 +129,6 @@ class MessageConnection:
         self.reader: object | None = None
         self.reader_wanted = False
         self.read_done = trio.Event()
-        self.pending: bytes | bytearray = b""
         # Messages decoded but not yet started because the connection was at
         # max_inflight; they go before anything read later.
         self.backlog: list[Any] = []
@@ -152,13 +159,13 @@ class MessageConnection:
             self.nursery = nursery
             if self.framed:
                 self._enqueue(wire.encode_notification("hello", [server.hello], pack=server.pack))
-            self.pending = initial
+            self.backlog.extend(self.decoder.feed(initial))
             await self._lead()
             # This task may have handed reading to a worker (see _lead).
             await self.read_done.wait()
             # Half-close, shutdown or a fatal error: answer what is in flight, then close.
             while self.active:
-                await self.room.park()
+                await self._wait_for_room()
             self.workers_done = True
             self.wake.unpark_all()
         if self.outbox:
@@ -215,6 +222,8 @@ class MessageConnection:
         state = self.state
         max_inflight = self.server.max_inflight
         receive_some = self.stream.receive_some
+        feed = self.decoder.feed
+        process = self._process
         backlog = self.backlog
         while True:
             if self.reader is not token:
@@ -227,11 +236,8 @@ class MessageConnection:
                 # Nobody took over while the handler ran: carry on reading.
                 self.reader_wanted = False
                 self.reader = token
-            if self.pending:
-                backlog.extend(self.decoder.feed(self.pending))
-                self.pending = b""
             if backlog:
-                done = self._process(backlog)
+                done = process(backlog)
                 del backlog[:done]
             if self.queue:
                 if not await self._run_session(on_block, scope, running):
@@ -241,13 +247,13 @@ class MessageConnection:
                 await self._flush()
             if self.closing:  # a fatal error, reached in order (backlog first)
                 return True
-            while self.active >= max_inflight or self.outbox_bytes >= OUTBOX_HIGH_WATER:
+            while self.active >= max_inflight or (self.outbox and self._backed_up()):
                 if state.stop_requested and not backlog:
                     break
                 # Shutdown may cut this wait short only if nothing read is
                 # pending: requests already read get answered like the rest.
                 state.in_read = not backlog
-                await self.room.park()
+                await self._wait_for_room()
                 state.in_read = False
             if backlog:
                 continue
@@ -259,7 +265,11 @@ class MessageConnection:
             if not data:
                 return True  # EOF: answer what is in flight, then close
             state.bytes_in += len(data)
-            self.pending = data
+            # The hot path: decode and answer at once (the backlog is empty here).
+            items = feed(data)
+            done = process(items)
+            if done < len(items):
+                backlog.extend(items[done:])
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -270,19 +280,18 @@ class MessageConnection:
         ``max_inflight``; the caller keeps the rest for later.
         """
         server = self.server
-        inline = server.inline_methods
-        pooled = server.pooled_methods
-        max_inflight = server.max_inflight
+        # While the server is at max_requests, requests take the slow path
+        # (which answers them `overloaded`).
+        get = (
+            server.inline_methods if server.requests_in_flight < server.max_requests else _NONE
+        ).get
         pack = server.pack
         framed = self.framed
-        out = self.outbox
+        append = self.outbox.append
         calls = self.calls
-        room = server.requests_in_flight < server.max_requests
-        nbytes = 0
-        max_msgid = _MAX_MSGID
-        index = -1
+        answered = 0  # requests answered inline
+        other = 0  # messages handled otherwise
         for obj in items:
-            index += 1
             # Fast path: a well-formed request for a quick plain-def handler.
             # Anything it does not take goes through parse_message below, which
             # is the one definition of validity (so `kind is _REQUEST`, a
@@ -294,43 +303,46 @@ class MessageConnection:
                     and type(name) is str
                     and type(params) is list
                     and type(msgid) is int
-                    and 0 <= msgid <= max_msgid
-                    and room
+                    and msgid in _MSGIDS
                     and (not calls or msgid not in calls)
                 ):
-                    fn = inline.get(name)
+                    fn = get(name)
                     if fn is not None:
-                        server.requests_total += 1
+                        answered += 1
                         try:
                             body = pack([1, msgid, None, fn(*params)])
                         except Exception as exc:
                             body = self._inline_failure(server.methods[name], msgid, params, exc)
                         if framed:
-                            out.append(len(body).to_bytes(4, "big"))
-                        out.append(body)
-                        nbytes += len(body) + 4
+                            append(len(body).to_bytes(4, "big"))
+                        append(body)
                         continue
-                    method = pooled.get(name)
-                    if method is not None and self.active < max_inflight:
+                    method = server.pooled_methods.get(name)
+                    if (
+                        method is not None
+                        and self.active < server.max_inflight
+                        and server.requests_in_flight < server.max_requests
+                    ):
+                        other += 1
                         server.requests_total += 1
-                        self.outbox_bytes += nbytes
-                        nbytes = 0
                         self._queue_call(msgid, method, params, math.inf)
-                        room = server.requests_in_flight < server.max_requests
+                        if server.requests_in_flight >= server.max_requests:
+                            get = _NONE.get
                         continue
-            self.outbox_bytes += nbytes
-            nbytes = 0
             if (
-                self.active >= max_inflight
+                self.active >= server.max_inflight
                 and type(obj) is list
                 and obj
                 and obj[0] in (wire.MessageType.REQUEST, wire.MessageType.NOTIFICATION)
             ):
-                return index
+                server.requests_total += answered
+                return answered + other
+            other += 1
             self._dispatch(wire.parse_message(obj))
-            room = server.requests_in_flight < server.max_requests
-        self.outbox_bytes += nbytes
-        return len(items)
+            if server.requests_in_flight >= server.max_requests:
+                get = _NONE.get
+        server.requests_total += answered
+        return answered + other
 
     def _inline_failure(
         self, method: Method, msgid: int, params: list[Any], exc: Exception
@@ -520,6 +532,13 @@ class MessageConnection:
             self.parked += 1
             await self.wake.park()
 
+    async def _wait_for_room(self) -> None:
+        self.waiting += 1
+        try:
+            await self.room.park()
+        finally:
+            self.waiting -= 1
+
     def _on_block(self) -> None:
         """A handler is about to block its task: if work is left, have a worker wake."""
         if (self.queue or self.outbox or self.reader_wanted) and not self.waking:
@@ -590,7 +609,7 @@ class MessageConnection:
         msgid = call.msgid
         self.active -= 1
         server.requests_in_flight -= 1
-        if self.room:
+        if self.waiting:
             self.room.unpark_all()
         if msgid is None:
             if error is not None:
@@ -609,7 +628,6 @@ class MessageConnection:
         if self.framed:
             self.outbox.append(len(body).to_bytes(4, "big"))
         self.outbox.append(body)
-        self.outbox_bytes += len(body) + 4
 
     @staticmethod
     def _cancel_error(call: _Call) -> tuple[str, str, Any]:
@@ -621,31 +639,37 @@ class MessageConnection:
 
     def _enqueue(self, data: bytes) -> None:
         self.outbox.append(data)
-        self.outbox_bytes += len(data)
+
+    def _backed_up(self) -> bool:
+        """More than ``OUTBOX_HIGH_WATER`` bytes of replies wait to be sent."""
+        out = self.outbox
+        if self.counted < len(out):
+            # Each reply is summed once, so a sender stuck for long costs O(replies).
+            self.outbox_bytes += sum(map(len, itertools.islice(out, self.counted, None)))
+            self.counted = len(out)
+        return self.outbox_bytes >= OUTBOX_HIGH_WATER
 
     async def _flush(self) -> None:
         """Send everything queued; if another task is sending, leave it to that task."""
         if self.sending:
             return
         self.sending = True
-        state = self.state
-        send_all = self.stream.send_all
         try:
             while self.outbox:
                 out = self.outbox
-                n = self.outbox_bytes
                 self.outbox = []
-                self.outbox_bytes = 0
-                if self.room:  # tasks are waiting for room
+                self.outbox_bytes = self.counted = 0
+                if self.waiting:
                     self.room.unpark_all()
-                await send_all(out[0] if len(out) == 1 else b"".join(out))
-                state.bytes_out += n
+                data = out[0] if len(out) == 1 else b"".join(out)
+                await self.stream.send_all(data)
+                self.state.bytes_out += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The peer is gone: nothing more can be delivered on this connection.
-            log.debug("connection %s lost while sending: %s", state.peer, cause(exc))
+            log.debug("connection %s lost while sending: %s", self.state.peer, cause(exc))
             self.outbox = []
-            self.outbox_bytes = 0
-            state.whole_scope.cancel()
+            self.outbox_bytes = self.counted = 0
+            self.state.whole_scope.cancel()
         finally:
             self.sending = False
 

@@ -426,6 +426,20 @@ class StreamDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
+        unpacker = self._unpacker
+        fed = self._fed + len(data)
+        start = self._start
+        if unpacker is None or fed - start > self.max_frame or len(data) > self.CHUNK:
+            return self._feed_slowly(data)
+        # The hot path: one read, and everything buffered fits in max_frame,
+        # so no message in it can be too large.
+        unpacker.feed(data)
+        self._fed = fed
+        out: list[Any] = []
+        self._take_all(unpacker, out)
+        return out
+
+    def _feed_slowly(self, data: bytes | bytearray) -> list[Any]:
         out: list[Any] = []
         if self.dead:
             return out
@@ -443,11 +457,6 @@ class StreamDecoder:
                 max_ext_len=limit,
             )
         unpacker = self._unpacker
-        if len(data) <= self.CHUNK:  # the usual case: one read
-            unpacker.feed(data)
-            self._fed += len(data)
-            self._drain(unpacker, out)
-            return out
         for start in range(0, len(data), self.CHUNK):
             chunk = data[start : start + self.CHUNK]
             unpacker.feed(chunk)
@@ -456,26 +465,30 @@ class StreamDecoder:
                 return out
         return out
 
+    def _take_all(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
+        """Decode every complete message buffered, all of which fit in max_frame."""
+        # The Unpacker iterates at C speed. tell() is read after each message
+        # because once the Unpacker stops inside a partial message it also
+        # counts the bytes it parsed of it, so only a tell() taken between
+        # messages marks where the partial one began.
+        append = out.append
+        tell = unpacker.tell
+        start = self._start
+        try:
+            for obj in unpacker:
+                append(obj)
+                start = tell()
+        except Exception as exc:
+            self._start = start
+            self._fail(unpacker, exc, out)
+            return False
+        self._start = start
+        return True
+
     def _drain(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
         max_frame = self.max_frame
         if self._fed - self._start <= max_frame:
-            # Everything buffered fits in max_frame, so no message in it can be
-            # too large: let the Unpacker iterate at C speed, no tell() per message.
-            # (tell() is read after each message: once the Unpacker stops at
-            # a partial message it also counts the bytes it parsed of it.)
-            append = out.append
-            tell = unpacker.tell
-            start = self._start
-            try:
-                for obj in unpacker:
-                    append(obj)
-                    start = tell()
-            except Exception as exc:
-                self._start = start
-                self._fail(unpacker, exc, out)
-                return False
-            self._start = start
-            return True
+            return self._take_all(unpacker, out)
         while True:
             try:
                 obj = unpacker.unpack()
