@@ -411,6 +411,34 @@ def test_stream_message_of_exactly_max_frame_is_accepted() -> None:
     assert item.code == ErrorCode.FRAME_TOO_LARGE
 
 
+def test_stream_size_limit_is_exact_after_reads_that_end_mid_message() -> None:
+    # Reads that complete several messages and end inside the next one: the
+    # decoder notes where that one began only lazily, and must still accept
+    # a message of exactly max_frame bytes and refuse one of max_frame + 1,
+    # wherever the reads are cut.
+    small = wire.encode_request(1, "echo", [[1, 2, 3]], framed=False)
+
+    def sized(n: int) -> bytes:
+        body = wire.encode_request(2, "echo", [list(range(5))], framed=False)
+        pad = n - len(body) - 2  # the params grow by an item of 2+ bytes
+        data = wire.encode_request(2, "echo", [list(range(5)), "x" * pad], framed=False)
+        assert len(data) == n
+        return data
+
+    max_frame = 100
+    for last, accepted in ((sized(max_frame), True), (sized(max_frame + 1), False)):
+        data = small + small + sized(max_frame) + small + last
+        for first in range(1, len(data), 7):
+            for second in range(first, len(data), 5):
+                items = feed_all(StreamDecoder(max_frame), split_at(data, [first, second]))
+                assert len(items) == 5
+                assert items[:4] == [msgpack.unpackb(m) for m in (small, small, sized(100), small)]
+                if accepted:
+                    assert items[4] == msgpack.unpackb(last)
+                else:
+                    assert items[4].code == ErrorCode.FRAME_TOO_LARGE
+
+
 # --- (e) empty and garbage frames are non-fatal -------------------------------------------
 
 BAD_BODIES = [

@@ -58,7 +58,7 @@ MAX_PARKED_WORKERS: Final = 4
 _INLINE: Final = HandlerKind.INLINE
 _ASYNC: Final = HandlerKind.ASYNC
 _REQUEST: Final = 0
-_MSGIDS: Final = range(wire.MAX_MSGID + 1)  # `in` a range is a C-level bounds check
+_MAX_MSGID: Final = wire.MAX_MSGID
 _NONE: Final[dict[str, Any]] = {}
 
 
@@ -289,46 +289,56 @@ class MessageConnection:
         framed = self.framed
         append = self.outbox.append
         calls = self.calls
+        max_msgid = _MAX_MSGID
         answered = 0  # requests answered inline
         other = 0  # messages handled otherwise
         for obj in items:
             # Fast path: a well-formed request for a quick plain-def handler.
             # Anything it does not take goes through parse_message below, which
-            # is the one definition of validity (so `kind is _REQUEST`, a
-            # CPython small-int identity, can only send work to the slow path).
-            if type(obj) is list and len(obj) == 4:
+            # is the one definition of validity. The checks are written for speed:
+            # - unpacking raises for anything but 4 items (a notification, a
+            #   cancel, a request with options), and get() for a name that
+            #   cannot be a dict key; those take the slow path;
+            # - `params.__class__ is list` also proves that obj was a list (the
+            #   items of a str, bytes or map key cannot be lists), and
+            #   `.__class__` is read faster than type() is called;
+            # - `kind is _REQUEST` is a CPython small-int identity, so it can
+            #   only send work to the slow path (False is not 0).
+            try:
                 kind, msgid, name, params = obj
+                fn = get(name)
+            except (ValueError, TypeError):
+                kind = fn = None
+            if (
+                kind is _REQUEST
+                and params.__class__ is list
+                and msgid.__class__ is int
+                and msgid >= 0
+                and msgid <= max_msgid
+                and (not calls or msgid not in calls)
+            ):
+                if fn is not None:
+                    answered += 1
+                    try:
+                        body = pack([1, msgid, None, fn(*params)])
+                    except Exception as exc:
+                        body = self._inline_failure(server.methods[name], msgid, params, exc)
+                    if framed:
+                        append(len(body).to_bytes(4, "big"))
+                    append(body)
+                    continue
+                method = server.pooled_methods.get(name)
                 if (
-                    kind is _REQUEST
-                    and type(name) is str
-                    and type(params) is list
-                    and type(msgid) is int
-                    and msgid in _MSGIDS
-                    and (not calls or msgid not in calls)
+                    method is not None
+                    and self.active < server.max_inflight
+                    and server.requests_in_flight < server.max_requests
                 ):
-                    fn = get(name)
-                    if fn is not None:
-                        answered += 1
-                        try:
-                            body = pack([1, msgid, None, fn(*params)])
-                        except Exception as exc:
-                            body = self._inline_failure(server.methods[name], msgid, params, exc)
-                        if framed:
-                            append(len(body).to_bytes(4, "big"))
-                        append(body)
-                        continue
-                    method = server.pooled_methods.get(name)
-                    if (
-                        method is not None
-                        and self.active < server.max_inflight
-                        and server.requests_in_flight < server.max_requests
-                    ):
-                        other += 1
-                        server.requests_total += 1
-                        self._queue_call(msgid, method, params, math.inf)
-                        if server.requests_in_flight >= server.max_requests:
-                            get = _NONE.get
-                        continue
+                    other += 1
+                    server.requests_total += 1
+                    self._queue_call(msgid, method, params, math.inf)
+                    if server.requests_in_flight >= server.max_requests:
+                        get = _NONE.get
+                    continue
             if (
                 self.active >= server.max_inflight
                 and type(obj) is list

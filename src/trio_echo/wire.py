@@ -403,7 +403,7 @@ class StreamDecoder:
     ``max_frame``. Output items are as for :class:`FrameDecoder`.
     """
 
-    __slots__ = ("_fed", "_start", "_unpacker", "dead", "max_frame")
+    __slots__ = ("_fed", "_scan", "_start", "_unpacker", "dead", "max_frame")
 
     #: The decoder is fed at most this much per call, which bounds its buffer.
     CHUNK: Final = 64 * 1024
@@ -417,32 +417,74 @@ class StreamDecoder:
         # counts the bytes of a message the Unpacker has only partly parsed.)
         self._fed = 0
         self._start = 0
+        # None when _start is exact. Otherwise (data, base, count): _start is
+        # a message boundary inside `data` (whose first byte is stream offset
+        # `base`), `count` complete messages follow it in `data`, and the
+        # message being decoded begins after them (see _exact_start).
+        self._scan: tuple[bytes | bytearray, int, int] | None = None
         self.dead = False
 
     @property
     def buffered(self) -> int:
         """Bytes of the incomplete message held (raw or partly decoded)."""
-        return 0 if self._unpacker is None else self._fed - self._start
+        if self._unpacker is None:
+            return 0
+        self._exact_start()
+        return self._fed - self._start
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
         unpacker = self._unpacker
-        fed = self._fed + len(data)
-        start = self._start
-        if unpacker is None or fed - start > self.max_frame or len(data) > self.CHUNK:
+        base = self._fed
+        fed = base + len(data)
+        if unpacker is None or fed - self._start > self.max_frame or len(data) > self.CHUNK:
             return self._feed_slowly(data)
-        # The hot path: one read, and everything buffered fits in max_frame,
-        # so no message in it can be too large.
+        # The hot path: one read, and everything from the first incomplete
+        # message on fits in max_frame (_start is never past that message's
+        # start), so no message here can be too large. Only the position of
+        # the message left incomplete matters, and only if it grows large:
+        # note the end of the first message completed and how many follow it,
+        # and let the Unpacker decode the rest at C speed. (Unpacker.tell()
+        # cannot say where an incomplete message began: it also counts the
+        # bytes parsed of it.)
         unpacker.feed(data)
         self._fed = fed
         out: list[Any] = []
-        self._take_all(unpacker, out)
+        try:
+            for obj in unpacker:
+                out.append(obj)
+                break
+            else:
+                return out  # nothing completed: the incomplete message is the same one
+            self._start = unpacker.tell()
+            self._scan = None
+            out.extend(unpacker)
+        except Exception as exc:
+            if out:
+                self._scan = (data, base, len(out) - 1)
+            self._fail(unpacker, exc, out)
+            return out
+        if len(out) > 1:
+            self._scan = (data, base, len(out) - 1)
         return out
+
+    def _exact_start(self) -> None:
+        """Make _start exact: skip the complete messages that _scan says follow it."""
+        if self._scan is None:
+            return
+        data, base, count = self._scan
+        self._scan = None
+        scratch = msgpack.Unpacker(max_buffer_size=len(data))
+        scratch.feed(memoryview(data)[self._start - base :])
+        for _ in range(count):
+            scratch.skip()
+        self._start += scratch.tell()
 
     def _feed_slowly(self, data: bytes | bytearray) -> list[Any]:
         out: list[Any] = []
         if self.dead:
             return out
+        self._exact_start()
         if self._unpacker is None:
             # No single length inside a message can exceed the message.
             limit = self.max_frame
@@ -520,6 +562,7 @@ class StreamDecoder:
         # tell() stops at the bad byte. An error past max_frame, or a length
         # header announcing more than max_frame, means the message was too
         # large before it was bad: report that, as a byte-at-a-time feed would.
+        self._exact_start()
         if unpacker.tell() - self._start > self.max_frame or (
             isinstance(exc, ValueError) and "exceeds max_" in str(exc)
         ):
@@ -532,7 +575,10 @@ class StreamDecoder:
 
         The next :meth:`feed` makes a new one. Returns True if it was freed.
         """
-        if self._unpacker is None or self._fed != self._start:
+        if self._unpacker is None:
+            return False
+        self._exact_start()
+        if self._fed != self._start:
             return False
         self._unpacker = None
         self._fed = self._start = 0  # offsets restart with the next Unpacker
