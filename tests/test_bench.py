@@ -303,3 +303,37 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     assert (again / "results.md").read_text() == table
+
+
+# --- benchmarks/instructions.py --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "method"),
+    [
+        ("trio_echo", "mprpc", "echo"),
+        ("trio_echo", "framed", "echo"),
+        ("trio_echo", "mprpc", "aecho"),
+        ("inline", "mprpc", "echo"),
+        ("inline", "framed", "echo"),
+        ("spawn", "mprpc", "aecho"),
+    ],
+)
+def test_instruction_count_workloads_answer_every_request(
+    target: str, mode: str, method: str
+) -> None:
+    # The counts are only worth comparing if every target really answers every request.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import instructions
+    finally:
+        sys.path.pop(0)
+    stream = instructions.workload(target, mode, method, per_read=4, reads=5, keep=True)
+    framed = mode == "framed"
+    replies = wire.Connection(mode=wire.Mode.FRAMED if framed else wire.Mode.MPRPC)
+    if framed:
+        replies.initiate()
+    replies.receive_data(stream.received_back)
+    events = [e for e in replies.events() if isinstance(e, wire.Response)]
+    assert len(events) == 4 * 5
+    assert all(e.result == instructions.PAYLOAD for e in events)
