@@ -437,11 +437,12 @@ class StreamDecoder:
         unpacker = self._unpacker
         base = self._fed
         fed = base + len(data)
-        if unpacker is None or fed - self._start > self.max_frame or len(data) > self.CHUNK:
+        if unpacker is None or fed - self._start > self.max_frame:
             return self._feed_slowly(data)
-        # The hot path: one read, and everything from the first incomplete
-        # message on fits in max_frame (_start is never past that message's
-        # start), so no message here can be too large. Only the position of
+        # The hot path: everything from the first incomplete message on fits
+        # in max_frame (_start is never past that message's start), so no
+        # message here can be too large, and the Unpacker's buffer stays
+        # within max_frame however large `data` is. Only the position of
         # the message left incomplete matters, and only if it grows large:
         # note the end of the first message completed and how many follow it,
         # and let the Unpacker decode the rest at C speed. (Unpacker.tell()
