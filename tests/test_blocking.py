@@ -133,6 +133,31 @@ def test_ctrl_c_in_a_call_cancels_it_on_the_server(srv: ServerThread, gate: Gate
         assert client._core.pending == {}  # the late "cancelled" reply was dropped
 
 
+def test_ctrl_c_just_as_a_request_goes_out_keeps_the_connection(srv: ServerThread) -> None:
+    # Ctrl-C arriving while the request is being written: once the request
+    # went out whole, the interrupt must not cost the connection.
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        real = client._sock
+        interrupted = threading.Event()
+
+        class InterruptOnce:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def send(self, data: bytes, flags: int = 0) -> int:
+                if not interrupted.is_set():
+                    interrupted.set()
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return real.send(data, flags)
+
+        client._sock = InterruptOnce()  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            client.call("echo", "first")
+        client._sock = real
+        assert interrupted.is_set()
+        assert client.call("echo", "second") == "second"
+
+
 def test_close_cancels_pending_calls_on_the_server(srv: ServerThread, gate: Gate) -> None:
     with ThreadPoolExecutor(1) as pool:
         client = trio_echo.connect("127.0.0.1", srv.port)

@@ -15,6 +15,7 @@ reserved until the late reply arrives.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from concurrent.futures import Future
@@ -157,18 +158,42 @@ class BlockingClient(ClientBase[Future[Any]]):
     # -- internals -----------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
+        sent = [0]  # bytes gone out, still known after an interrupt
         try:
             with self._send_lock:
-                self._sock.sendall(data)
+                self._send_at_once(data, sent)
+                if sent[0] < len(data):
+                    self._sock.sendall(memoryview(data)[sent[0] :])
         except OSError as exc:
             self._fail(lost("sending failed", exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
         except BaseException:
+            if sent[0] == len(data):
+                raise  # Ctrl-C after the whole message went out: the stream is intact
             # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
             self._fail(ConnectionClosed("a send was interrupted; the connection is unusable"))
             self._shutdown()
             raise
+
+    def _send_at_once(self, data: bytes, sent: list[int]) -> None:
+        """Send what the kernel takes without blocking, recording how much in ``sent``.
+
+        A request usually fits at once. On the main thread Ctrl-C is held back
+        for that one non-blocking call, so that an interrupt arriving just as
+        the message goes out (socket.sendall checks for signals after its last
+        write) cannot leave us unsure whether the message went out whole.
+        """
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            sent[0] = self._sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
 
     def _shutdown(self) -> None:
         """Shut the socket down both ways; this also wakes the reader thread."""
