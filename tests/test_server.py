@@ -214,6 +214,21 @@ async def test_malformed_frames_keep_the_connection() -> None:
         assert server.stats()["errors"] == {"malformed": 6}
 
 
+async def test_msgid_range_on_the_fast_path() -> None:
+    # The inline fast path checks msgids in two steps (below 2**30, then up to
+    # MAX_MSGID): every edge is answered or refused exactly as the protocol says.
+    async with memory_server() as (server, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        for msgid in (0, 2**30 - 1, 2**30, wire.MAX_MSGID):
+            assert await peer.call(msgid, "echo", msgid) == Response(msgid, msgid)
+        for bad in (wire.MAX_MSGID + 1, -1, True):
+            await stream.send_all(wire.frame(wire.packb([0, bad, "echo", [1]])))
+            [reply] = await peer.events(1)
+            assert isinstance(reply, Notification) and reply.params[0]["code"] == "malformed"
+        assert server.stats()["errors"] == {"malformed": 3}
+
+
 async def test_duplicate_msgid_in_flight(autojump_clock: trio.abc.Clock) -> None:
     async with memory_server() as (_, stream, _n):
         peer = Peer(stream)
