@@ -58,9 +58,10 @@ MAX_PARKED_WORKERS: Final = 4
 _INLINE: Final = HandlerKind.INLINE
 _ASYNC: Final = HandlerKind.ASYNC
 _REQUEST: Final = 0
-# CPython compares two ints below 2**30 on a fast path, and MAX_MSGID is above
-# it, so msgids are first compared with 2**30.
 _MAX_MSGID: Final = wire.MAX_MSGID
+# CPython compares two ints below 2**30 on a fast path, and MAX_MSGID is above
+# it, so msgids are first compared with this.
+_SMALL_INT_LIMIT: Final = 2**30
 _NONE: Final[dict[str, Any]] = {}
 
 
@@ -316,7 +317,7 @@ class MessageConnection:
                 and params.__class__ is list
                 and msgid.__class__ is int
                 and msgid >= 0
-                and (msgid < 1073741824 or msgid <= max_msgid)  # (see _MAX_MSGID)
+                and (msgid < _SMALL_INT_LIMIT or msgid <= max_msgid)
                 and (not calls or msgid not in calls)
             ):
                 if fn is not None:

@@ -405,7 +405,8 @@ class StreamDecoder:
 
     __slots__ = ("_fed", "_scan", "_start", "_unpacker", "dead", "max_frame")
 
-    #: The decoder is fed at most this much per call, which bounds its buffer.
+    #: A feed that may hold a too-large message goes to the Unpacker this much
+    #: at a time, which bounds its buffer.
     CHUNK: Final = 64 * 1024
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -434,40 +435,50 @@ class StreamDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
-        unpacker = self._unpacker
-        base = self._fed
-        fed = base + len(data)
-        if unpacker is None or fed - self._start > self.max_frame:
-            return self._feed_slowly(data)
-        # The hot path: everything from the first incomplete message on fits
-        # in max_frame (_start is never past that message's start), so no
-        # message here can be too large, and the Unpacker's buffer stays
-        # within max_frame however large `data` is. Only the position of
-        # the message left incomplete matters, and only if it grows large:
-        # note the end of the first message completed and how many follow it,
-        # and let the Unpacker decode the rest at C speed. (Unpacker.tell()
-        # cannot say where an incomplete message began: it also counts the
-        # bytes parsed of it.)
-        unpacker.feed(data)
-        self._fed = fed
         out: list[Any] = []
+        unpacker = self._unpacker
+        if unpacker is None or self._fed + len(data) - self._start > self.max_frame:
+            self._feed_slowly(data, out)
+        else:
+            self._feed_within_limit(unpacker, data, out)  # the usual case: one read
+        return out
+
+    def _feed_within_limit(
+        self, unpacker: msgpack.Unpacker, data: bytes | bytearray, out: list[Any]
+    ) -> bool:
+        """Feed ``data`` and decode every message it completes, at C speed.
+
+        The caller checked that everything from the first incomplete message
+        on fits in max_frame (_start is never past that message's start), so
+        no message here can be too large and the Unpacker's buffer stays
+        within max_frame. Only the position of the message left incomplete
+        matters, and only if it grows large: note the end of the first message
+        completed and how many follow it (see _exact_start), and let the
+        Unpacker decode the rest. (Unpacker.tell() cannot say where an
+        incomplete message began: it also counts the bytes parsed of it.)
+        Returns False if the stream turned out to be fatally bad.
+        """
+        base = self._fed
+        unpacker.feed(data)
+        self._fed = base + len(data)
+        before = len(out)
         try:
             for obj in unpacker:
                 out.append(obj)
                 break
             else:
-                return out  # nothing completed: the incomplete message is the same one
+                return True  # nothing completed: the incomplete message is the same one
             self._start = unpacker.tell()
             self._scan = None
             out.extend(unpacker)
         except Exception as exc:
-            if out:
-                self._scan = (data, base, len(out) - 1)
+            if len(out) > before:
+                self._scan = (data, base, len(out) - before - 1)
             self._fail(unpacker, exc, out)
-            return out
-        if len(out) > 1:
-            self._scan = (data, base, len(out) - 1)
-        return out
+            return False
+        if len(out) - before > 1:
+            self._scan = (data, base, len(out) - before - 1)
+        return True
 
     def _exact_start(self) -> None:
         """Make _start exact: skip the complete messages that _scan says follow it."""
@@ -481,11 +492,10 @@ class StreamDecoder:
             scratch.skip()
         self._start += scratch.tell()
 
-    def _feed_slowly(self, data: bytes | bytearray) -> list[Any]:
-        out: list[Any] = []
+    def _feed_slowly(self, data: bytes | bytearray, out: list[Any]) -> None:
+        """A first feed, or a message that may exceed max_frame: a chunk at a time."""
         if self.dead:
-            return out
-        self._exact_start()
+            return
         if self._unpacker is None:
             # No single length inside a message can exceed the message.
             limit = self.max_frame
@@ -502,36 +512,19 @@ class StreamDecoder:
         unpacker = self._unpacker
         for start in range(0, len(data), self.CHUNK):
             chunk = data[start : start + self.CHUNK]
-            unpacker.feed(chunk)
-            self._fed += len(chunk)
-            if not self._drain(unpacker, out):
-                return out
-        return out
+            if self._fed + len(chunk) - self._start <= self.max_frame:
+                ok = self._feed_within_limit(unpacker, chunk, out)
+            else:
+                unpacker.feed(chunk)
+                self._fed += len(chunk)
+                ok = self._drain_counting(unpacker, out)
+            if not ok:
+                return
 
-    def _take_all(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
-        """Decode every complete message buffered, all of which fit in max_frame."""
-        # The Unpacker iterates at C speed. tell() is read after each message
-        # because once the Unpacker stops inside a partial message it also
-        # counts the bytes it parsed of it, so only a tell() taken between
-        # messages marks where the partial one began.
-        append = out.append
-        tell = unpacker.tell
-        start = self._start
-        try:
-            for obj in unpacker:
-                append(obj)
-                start = tell()
-        except Exception as exc:
-            self._start = start
-            self._fail(unpacker, exc, out)
-            return False
-        self._start = start
-        return True
-
-    def _drain(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
+    def _drain_counting(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
+        """Decode message by message, checking each one's size against max_frame."""
+        self._exact_start()
         max_frame = self.max_frame
-        if self._fed - self._start <= max_frame:
-            return self._take_all(unpacker, out)
         while True:
             try:
                 obj = unpacker.unpack()
