@@ -11,6 +11,7 @@ import sys
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 import trio_echo
 from fault_tools import wait_for_log
@@ -403,3 +404,46 @@ def test_cli_raises_a_low_open_files_limit() -> None:
         proc.wait(30)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+async def test_replies_wait_while_the_send_buffer_is_full() -> None:
+    """Replies that find the socket's buffer full go out when the peer reads,
+    after what the kernel already held, whole and in order."""
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setblocking(False)
+    # Fill the server side's buffer, as if earlier replies were still unread.
+    held = 0
+    for size in (65536, 1):
+        while True:
+            try:
+                held += server_sock.send(b"\0" * size)
+            except BlockingIOError:
+                break
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(server_sock))
+    client = trio.SocketStream(trio.socket.from_stdlib_socket(client_sock))
+    server = Server()
+    async with trio.open_nursery() as nursery, client:
+        nursery.start_soon(server.serve_stream, stream)
+        payloads = [os.urandom(n) for n in (10, 3000, 3)]
+        await client.send_all(
+            b"".join(
+                wire.encode_request(i, "echo", [p], framed=False) for i, p in enumerate(payloads)
+            )
+        )
+        # The server reads them, finds the buffer full and waits to write.
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.stats()["requests_total"] == len(payloads)
+        buffered = bytearray()
+        replies: list[object] = []
+        with trio.fail_after(10):
+            while len(replies) < len(payloads):
+                data = await client.receive_some(65536)
+                assert data, "closed before every reply came"
+                buffered += data
+                if len(buffered) > held:
+                    unpacker = msgpack.Unpacker()
+                    unpacker.feed(bytes(buffered[held:]))
+                    replies = list(unpacker)
+        assert not any(buffered[:held])
+        assert replies == [[1, i, None, p] for i, p in enumerate(payloads)]
+        nursery.cancel_scope.cancel()

@@ -14,7 +14,10 @@ capacity limiter. Whoever has replies ready calls
 sender and writes everything queued in one ``send_all`` until the outbox is
 empty; otherwise it leaves its reply to the sender already at work. So
 replies ready at one moment leave in one syscall, and no sender task or
-channel sits between a handler and the socket.
+channel sits between a handler and the socket. On a socket the replies are
+first offered to the kernel with one non-blocking write (see
+:meth:`MessageConnection._write_now`); Trio's ``send_all`` is only needed
+when the socket's buffer is full.
 
 Backpressure: the reader stops reading while ``max_inflight`` requests are
 running on the connection or while the outbox holds more than
@@ -29,6 +32,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
@@ -138,6 +142,7 @@ class MessageConnection:
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
+        self.fd = _socket_fd(self.stream)
 
     def busy(self) -> bool:
         return bool(self.active or self.outbox or self.sending)
@@ -225,6 +230,10 @@ class MessageConnection:
         state = self.state
         max_inflight = self.server.max_inflight
         receive_some = self.stream.receive_some
+        fd = self.fd
+        read = os.read
+        checkpoint = trio.lowlevel.checkpoint
+        wait_readable = trio.lowlevel.wait_readable
         feed = self.decoder.feed
         process = self._process
         backlog = self.backlog
@@ -246,7 +255,7 @@ class MessageConnection:
                 if not await self._run_session(on_block, scope, running):
                     return False
                 continue
-            if self.outbox:
+            if self.outbox and not self._write_now():
                 await self._flush()
             if self.closing:  # a fatal error, reached in order (backlog first)
                 return True
@@ -263,7 +272,20 @@ class MessageConnection:
             if state.stop_requested:
                 return True
             state.in_read = True
-            data = await receive_some(RECEIVE_SIZE)
+            if fd < 0:
+                data = await receive_some(RECEIVE_SIZE)
+            else:
+                # A socket: one trip through the scheduler per read (where
+                # cancellation lands too), then the read itself. Yielding
+                # first gives the peer time to send, so the read rarely finds
+                # nothing and needs no epoll registration.
+                await checkpoint()
+                while True:
+                    try:
+                        data = read(fd, RECEIVE_SIZE)
+                        break
+                    except BlockingIOError:
+                        await wait_readable(fd)
             state.in_read = False
             if not data:
                 return True  # EOF: answer what is in flight, then close
@@ -537,7 +559,8 @@ class MessageConnection:
                         await self._run_session(self._on_block, scope, running)
                     self._interrupted(running)
                 elif self.outbox and not self.sending:
-                    await self._flush()
+                    if not self._write_now():
+                        await self._flush()
                 else:
                     break  # (a task already sending takes the outbox along)
             if self.workers_done or self.parked >= MAX_PARKED_WORKERS:
@@ -662,6 +685,35 @@ class MessageConnection:
             self.counted = len(out)
         return self.outbox_bytes >= OUTBOX_HIGH_WATER
 
+    def _write_now(self) -> bool:
+        """Send the outbox with one non-blocking write; False if ``_flush`` must finish.
+
+        A task that reads or runs calls yields to Trio at its next read or
+        park anyway, so replies the kernel takes at once need not go through
+        ``send_all``, whose own checkpoint costs a trip through the scheduler
+        per read (about a fifth of the server's work on small echoes).
+        """
+        if self.fd < 0 or self.sending:
+            return False  # not a socket, or a sender is at work: keep the order
+        out = self.outbox
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.outbox = []
+        self.outbox_bytes = self.counted = 0
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return True
+        self.state.bytes_out += sent
+        if sent < len(data):
+            self.outbox = [data[sent:]]
+            return False
+        if self.waiting:
+            self.room.unpark_all()
+        return True
+
     async def _flush(self) -> None:
         """Send everything queued; if another task is sending, leave it to that task."""
         if self.sending:
@@ -678,13 +730,29 @@ class MessageConnection:
                 await self.stream.send_all(data)
                 self.state.bytes_out += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The peer is gone: nothing more can be delivered on this connection.
-            log.debug("connection %s lost while sending: %s", self.state.peer, cause(exc))
-            self.outbox = []
-            self.outbox_bytes = self.counted = 0
-            self.state.whole_scope.cancel()
+            self._lost(exc)
         finally:
             self.sending = False
+
+    def _lost(self, exc: BaseException) -> None:
+        """The peer is gone: nothing more can be delivered on this connection."""
+        log.debug("connection %s lost while sending: %s", self.state.peer, cause(exc))
+        self.outbox = []
+        self.outbox_bytes = self.counted = 0
+        self.state.whole_scope.cancel()
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int:
+    """The file descriptor to read and write directly, or -1 to use the stream's methods.
+
+    Only a plain ``trio.SocketStream`` on a POSIX system qualifies (os.write
+    does not take a Windows socket). The descriptor stays valid while the
+    engine runs: the connection closes the stream only after the engine's
+    nursery, and so every task that could write, has finished.
+    """
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return -1
+    return stream.socket.fileno()
 
 
 def cause(exc: BaseException) -> str:

@@ -134,9 +134,7 @@ class Method:
                 if not isinstance(value, accepted) or (
                     type(value) is bool and bool not in accepted
                 ):
-                    wanted = " or ".join(
-                        "nil" if t is type(None) else t.__name__ for t in accepted
-                    )
+                    wanted = " or ".join("nil" if t is type(None) else t.__name__ for t in accepted)
                     return (
                         f"{self.name}: parameter {pname!r} must be {wanted}, "
                         f"not {_type_name(value)}"
