@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import wire
+from . import _sockio, wire
 from ._engine import RECEIVE_SIZE, MessageConnection, cause
 from .wire import Mode
 
@@ -149,6 +149,9 @@ class ConnectionState:
         stream = self.stream
         receive_some = stream.receive_some
         send_all = stream.send_all
+        fd = _sockio.socket_fd(stream)
+        receive = _sockio.receive
+        write_now = _sockio.write_now
         self.raw = True
         await send_all(first)
         self.bytes_out += len(first)
@@ -156,12 +159,14 @@ class ConnectionState:
         with self.read_scope:
             while not self.stop_requested:
                 self.in_read = True
-                data = await receive_some(RECEIVE_SIZE)
+                data = await (receive_some(RECEIVE_SIZE) if fd < 0 else receive(fd, RECEIVE_SIZE))
                 self.in_read = False
                 if not data:
                     break
                 self.bytes_in += len(data)
-                await send_all(data)
+                sent = write_now(fd, data) if fd >= 0 else 0
+                if sent < len(data):
+                    await send_all(memoryview(data)[sent:] if sent else data)
                 self.bytes_out += len(data)
 
 

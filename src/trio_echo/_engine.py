@@ -15,9 +15,9 @@ sender and writes everything queued in one ``send_all`` until the outbox is
 empty; otherwise it leaves its reply to the sender already at work. So
 replies ready at one moment leave in one syscall, and no sender task or
 channel sits between a handler and the socket. On a socket the replies are
-first offered to the kernel with one non-blocking write (see
-:meth:`MessageConnection._write_now`); Trio's ``send_all`` is only needed
-when the socket's buffer is full.
+first offered to the kernel with one non-blocking write, and a read costs one
+trip through Trio's scheduler, not two (see ``_sockio``); Trio's ``send_all``
+is only needed when the socket's buffer is full.
 
 Backpressure: the reader stops reading while ``max_inflight`` requests are
 running on the connection or while the outbox holds more than
@@ -32,14 +32,13 @@ import functools
 import itertools
 import logging
 import math
-import os
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from . import wire
+from . import _sockio, wire
 from ._errors import RemoteError
 from ._service import HandlerKind, Method
 from .wire import ErrorCode
@@ -142,7 +141,7 @@ class MessageConnection:
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
-        self.fd = _socket_fd(self.stream)
+        self.fd = _sockio.socket_fd(self.stream)
 
     def busy(self) -> bool:
         return bool(self.active or self.outbox or self.sending)
@@ -231,9 +230,7 @@ class MessageConnection:
         max_inflight = self.server.max_inflight
         receive_some = self.stream.receive_some
         fd = self.fd
-        read = os.read
-        checkpoint = trio.lowlevel.checkpoint
-        wait_readable = trio.lowlevel.wait_readable
+        receive = _sockio.receive
         feed = self.decoder.feed
         process = self._process
         backlog = self.backlog
@@ -275,17 +272,7 @@ class MessageConnection:
             if fd < 0:
                 data = await receive_some(RECEIVE_SIZE)
             else:
-                # A socket: one trip through the scheduler per read (where
-                # cancellation lands too), then the read itself. Yielding
-                # first gives the peer time to send, so the read rarely finds
-                # nothing and needs no epoll registration.
-                await checkpoint()
-                while True:
-                    try:
-                        data = read(fd, RECEIVE_SIZE)
-                        break
-                    except BlockingIOError:
-                        await wait_readable(fd)
+                data = await receive(fd, RECEIVE_SIZE)
             state.in_read = False
             if not data:
                 return True  # EOF: answer what is in flight, then close
@@ -700,9 +687,7 @@ class MessageConnection:
         self.outbox = []
         self.outbox_bytes = self.counted = 0
         try:
-            sent = os.write(self.fd, data)
-        except BlockingIOError:
-            sent = 0
+            sent = _sockio.write_now(self.fd, data)
         except OSError as exc:
             self._lost(exc)
             return True
@@ -740,19 +725,6 @@ class MessageConnection:
         self.outbox = []
         self.outbox_bytes = self.counted = 0
         self.state.whole_scope.cancel()
-
-
-def _socket_fd(stream: trio.abc.Stream) -> int:
-    """The file descriptor to read and write directly, or -1 to use the stream's methods.
-
-    Only a plain ``trio.SocketStream`` on a POSIX system qualifies (os.write
-    does not take a Windows socket). The descriptor stays valid while the
-    engine runs: the connection closes the stream only after the engine's
-    nursery, and so every task that could write, has finished.
-    """
-    if os.name != "posix" or type(stream) is not trio.SocketStream:
-        return -1
-    return stream.socket.fileno()
 
 
 def cause(exc: BaseException) -> str:
