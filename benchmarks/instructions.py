@@ -12,8 +12,12 @@ two reference servers written here, so the figures come with a ratio:
   request inline, one ``send_all`` per read), like the "trio floor" of the goals;
 * ``spawn``: the naive design (a task per request, replies through a sender task).
 
-Kernel time (the real socket calls) is not counted, so real throughput ratios are
-closer to 1 than these. Needs valgrind (``apt-get install valgrind``)::
+It measures the engine's own decoding, dispatch and batching. The in-memory stream is
+not a socket, so the server takes the generic stream path here (``receive_some`` and
+``send_all``, two checkpoints per read), not its direct socket path (one checkpoint per
+read, see ``trio_echo/_sockio.py``), and kernel time is not counted; over real sockets the
+server does better against the references than these ratios say. Needs valgrind
+(``apt-get install valgrind``)::
 
     python benchmarks/instructions.py                      # msgpack-rpc echo vs inline
     python benchmarks/instructions.py --mode framed
