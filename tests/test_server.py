@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Any
 
@@ -431,6 +432,43 @@ async def test_async_replies_leave_while_a_slow_async_call_blocks(
         assert await peer.next_event() == Response(3, 7)
         assert trio.current_time() < 1  # not held back behind the sleep
         assert await peer.next_event() == Response(2, None)
+
+
+request_tag: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="")
+
+
+async def test_each_async_call_has_its_own_context(autojump_clock: trio.abc.Clock) -> None:
+    """Context variables set by an async handler stay with that call, as in a task of its own."""
+    service = Service()
+
+    @service.method
+    async def tag(value: str, pause: float) -> str:
+        seen = request_tag.get()
+        request_tag.set(value)
+        await trio.sleep(pause)  # others run meanwhile on the same connection
+        return f"{seen}|{request_tag.get()}"
+
+    token = request_tag.set("server")  # the connection's context is inherited
+    try:
+        async with memory_server(Server(service)) as (_, stream, _n):
+            peer = Peer(stream)
+            await peer.start()
+            # One read: quick calls that never block, and blocking ones that overlap.
+            await peer.send(
+                wire.Request(1, "tag", ["a", 0]),
+                wire.Request(2, "tag", ["b", 2]),
+                wire.Request(3, "tag", ["c", 1]),
+                wire.Request(4, "tag", ["d", 0]),
+            )
+            replies = {e.msgid: e for e in await peer.events(4)}
+            assert replies == {
+                1: Response(1, "server|a"),
+                2: Response(2, "server|b"),
+                3: Response(3, "server|c"),
+                4: Response(4, "server|d"),
+            }
+    finally:
+        request_tag.reset(token)
 
 
 async def test_many_blocked_async_calls_each_get_a_worker(

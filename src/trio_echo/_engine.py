@@ -28,6 +28,7 @@ own requests in the kernel's buffers, not in our memory.
 from __future__ import annotations
 
 import collections
+import contextvars
 import functools
 import itertools
 import logging
@@ -74,6 +75,7 @@ class _Call:
     __slots__ = (
         "awaitable",
         "cancelled_by_client",
+        "context",
         "deadline",
         "method",
         "msgid",
@@ -96,6 +98,9 @@ class _Call:
         #: When timeout_ms runs out (trio clock), counted from receipt.
         self.deadline = deadline
         self.cancelled_by_client = False
+        #: The handler's own copy of the context, as a task of its own would have:
+        #: context variables it sets do not leak into later calls on the connection.
+        self.context = contextvars.copy_context()
         #: The worker's cancel scope while the call runs, else None.
         self.scope: trio.CancelScope | None = None
 
@@ -599,12 +604,12 @@ class MessageConnection:
                 # without yielding to Trio never needs another task.
                 coro = call.awaitable
                 try:
-                    trap = coro.send(None)
+                    trap = call.context.run(coro.send, None)
                 except StopIteration as done:
                     result = done.value
                 else:
                     on_block()
-                    result = await _resume(coro, trap)
+                    result = await _resume(coro, trap, call.context)
             except Exception as exc:
                 error = self._failure(call.method, call.params, exc)
             running[0] = None
@@ -734,26 +739,30 @@ def cause(exc: BaseException) -> str:
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+def _resume(
+    coro: Coroutine[Any, Any, Any], trap: Any, context: contextvars.Context
+) -> Generator[Any, Any, Any]:
     """Finish ``await coro`` for a coroutine that already yielded ``trap`` to Trio.
 
     This is what ``await`` (``yield from``) does after the first step; the
     worker takes that first step itself to learn whether the handler blocks.
+    Every step runs in the call's own ``context``.
     """
+    run = context.run
     while True:
         try:
             value = yield trap
         except GeneratorExit:
-            coro.close()
+            run(coro.close)
             raise
         except BaseException as exc:  # Cancelled included: the handler must see it
             try:
-                trap = coro.throw(exc)
+                trap = run(coro.throw, exc)
             except StopIteration as done:
                 return done.value
         else:
             try:
-                trap = coro.send(value)
+                trap = run(coro.send, value)
             except StopIteration as done:
                 return done.value
 
