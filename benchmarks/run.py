@@ -13,7 +13,7 @@ and ``results.png`` (requests/s by scenario; needs matplotlib, the ``bench``
 extra), and prints the ratios.
 
     python benchmarks/run.py                   # about 4 minutes
-    python benchmarks/run.py --quick           # a smoke test of a few seconds
+    python benchmarks/run.py --quick           # a smoke test (results go to a temp folder)
     python benchmarks/run.py --extra 'floor:framed:python floor.py --framed --port {port}'
 """
 
@@ -32,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,7 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         "--idle", type=int, default=2000, help="idle connections for the memory test (0: skip)"
     )
     p.add_argument("--only", default="", help="regex: run only the matching scenarios")
-    p.add_argument("--out", type=Path, default=HERE, help="folder for results.md/.json/.png")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for results.md/.json/.png (default: benchmarks/, or a temporary"
+        " folder with --quick, so a smoke test never replaces the measured results)",
+    )
     p.add_argument(
         "--extra",
         action="append",
@@ -517,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.quick:
+        if args.update_readme:
+            p.error("--quick is a smoke test, not a measurement: it cannot update README.md")
         args.duration, args.warmup, args.reps, args.idle = 0.3, 0.1, 1, min(args.idle, 100)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="trio_echo_bench_")) if args.quick else HERE
     scenarios = [sc for sc in SCENARIOS if re.search(args.only, sc.name)]
     py = sys.executable
     pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -567,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         results, idle, scenarios, servers, meta, "results.png" if has_chart else None
     )
     (args.out / "results.md").write_text("# Benchmark results\n\n" + body)
+    print(f"results in {args.out}/", file=sys.stderr)
     print(body)
     print("\n".join(ratios))
     if not has_chart:

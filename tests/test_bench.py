@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -275,13 +277,22 @@ def test_latency_buckets_are_within_two_percent() -> None:
 
 
 def test_benchmarks_run_quick(tmp_path: Path) -> None:
+    measured = (ROOT / "benchmarks" / "results.json").read_bytes()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    # A smoke test writes to a temporary folder, never over the measured results.
+    found = re.search(r"^results in (.+)/$", proc.stderr, re.M)
+    assert found, proc.stderr
+    out = Path(found.group(1))
+    assert out != ROOT / "benchmarks"
+    assert (ROOT / "benchmarks" / "results.json").read_bytes() == measured
+    shutil.move(out, tmp_path / "out")
+    tmp_path = tmp_path / "out"
     table = (tmp_path / "results.md").read_text()
     for name in ("raw c50 d1", "raw c4 d4 64 KiB", "framed echo c1 d1", "mprpc echo c50 d16",
                  "aecho (async def)"):  # fmt: skip
@@ -303,6 +314,17 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     assert (again / "results.md").read_text() == table
+
+
+def test_benchmarks_run_quick_never_updates_the_readme() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--update-readme"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "cannot update README.md" in proc.stderr
 
 
 # --- benchmarks/instructions.py --------------------------------------------------------
