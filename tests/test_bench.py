@@ -291,14 +291,14 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
     out = Path(found.group(1))
     assert out != ROOT / "benchmarks"
     assert (ROOT / "benchmarks" / "results.json").read_bytes() == measured
-    shutil.move(out, tmp_path / "out")
-    tmp_path = tmp_path / "out"
-    table = (tmp_path / "results.md").read_text()
+    shutil.move(out, tmp_path / "out")  # into tmp_path, which pytest cleans up
+    out = tmp_path / "out"
+    table = (out / "results.md").read_text()
     for name in ("raw c50 d1", "raw c4 d4 64 KiB", "framed echo c1 d1", "mprpc echo c50 d16",
                  "aecho (async def)"):  # fmt: skip
         assert name in table
     assert "trio_echo / bare trio echo" in proc.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     for runs in results["scenarios"].values():
         for label in ("trio_echo", "bare trio echo"):
             assert runs[label][0]["requests"] > 0 and runs[label][0]["errors"] == 0
@@ -307,10 +307,10 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         assert idle["connections"] == 100 and idle["errors"] == 0 and "kb_per_conn" in idle
     assert "per connection" in table
     # --render rebuilds the same table from results.json without running anything.
-    again = tmp_path / "again"
+    again = out / "again"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--render",
-         str(tmp_path / "results.json"), "--out", str(again)],
+         str(out / "results.json"), "--out", str(again)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     assert (again / "results.md").read_text() == table

@@ -147,10 +147,9 @@ class ConnectionState:
     async def _raw_echo(self, first: bytes) -> None:
         """Compat mode: echo every byte back, in order, until EOF."""
         stream = self.stream
-        receive_some = stream.receive_some
         send_all = stream.send_all
+        receive = _sockio.receiver(stream)
         fd = _sockio.socket_fd(stream)
-        receive = _sockio.receive
         write_now = _sockio.write_now
         self.raw = True
         await send_all(first)
@@ -159,14 +158,14 @@ class ConnectionState:
         with self.read_scope:
             while not self.stop_requested:
                 self.in_read = True
-                data = await (receive_some(RECEIVE_SIZE) if fd < 0 else receive(fd, RECEIVE_SIZE))
+                data = await receive(RECEIVE_SIZE)
                 self.in_read = False
                 if not data:
                     break
                 self.bytes_in += len(data)
                 sent = write_now(fd, data) if fd >= 0 else 0
                 if sent < len(data):
-                    await send_all(memoryview(data)[sent:] if sent else data)
+                    await send_all(memoryview(data)[sent:])
                 self.bytes_out += len(data)
 
 

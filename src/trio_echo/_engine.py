@@ -147,6 +147,7 @@ class MessageConnection:
         self.logged_violation = False
         self.closing = False
         self.fd = _sockio.socket_fd(self.stream)
+        self.receive = _sockio.receiver(self.stream)
 
     def busy(self) -> bool:
         return bool(self.active or self.outbox or self.sending)
@@ -233,9 +234,7 @@ class MessageConnection:
         another task reads now, False when ``scope`` must be replaced."""
         state = self.state
         max_inflight = self.server.max_inflight
-        receive_some = self.stream.receive_some
-        fd = self.fd
-        receive = _sockio.receive
+        receive = self.receive
         feed = self.decoder.feed
         process = self._process
         backlog = self.backlog
@@ -274,10 +273,7 @@ class MessageConnection:
             if state.stop_requested:
                 return True
             state.in_read = True
-            if fd < 0:
-                data = await receive_some(RECEIVE_SIZE)
-            else:
-                data = await receive(fd, RECEIVE_SIZE)
+            data = await receive(RECEIVE_SIZE)
             state.in_read = False
             if not data:
                 return True  # EOF: answer what is in flight, then close
@@ -687,10 +683,7 @@ class MessageConnection:
         """
         if self.fd < 0 or self.sending:
             return False  # not a socket, or a sender is at work: keep the order
-        out = self.outbox
-        data = out[0] if len(out) == 1 else b"".join(out)
-        self.outbox = []
-        self.outbox_bytes = self.counted = 0
+        data = self._take_outbox()
         try:
             sent = _sockio.write_now(self.fd, data)
         except OSError as exc:
@@ -700,8 +693,6 @@ class MessageConnection:
         if sent < len(data):
             self.outbox = [data[sent:]]
             return False
-        if self.waiting:
-            self.room.unpark_all()
         return True
 
     async def _flush(self) -> None:
@@ -711,18 +702,22 @@ class MessageConnection:
         self.sending = True
         try:
             while self.outbox:
-                out = self.outbox
-                self.outbox = []
-                self.outbox_bytes = self.counted = 0
-                if self.waiting:
-                    self.room.unpark_all()
-                data = out[0] if len(out) == 1 else b"".join(out)
+                data = self._take_outbox()
                 await self.stream.send_all(data)
                 self.state.bytes_out += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._lost(exc)
         finally:
             self.sending = False
+
+    def _take_outbox(self) -> bytes:
+        """Empty the outbox into one buffer to send; tasks waiting for room look again."""
+        out = self.outbox
+        self.outbox = []
+        self.outbox_bytes = self.counted = 0
+        if self.waiting:
+            self.room.unpark_all()
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _lost(self, exc: BaseException) -> None:
         """The peer is gone: nothing more can be delivered on this connection."""

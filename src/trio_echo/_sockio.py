@@ -12,14 +12,17 @@ the syscalls per request).
 
 The descriptor comes from :func:`socket_fd`, which admits only a plain
 ``trio.SocketStream`` on POSIX; anything else (a memory stream in tests, TLS,
-Windows) uses the stream's own methods. The connection closes its stream only
-after its loops, and every task that writes, have finished, so the descriptor
-is valid whenever these functions use it.
+Windows) uses the stream's own methods (:func:`receiver` picks). The
+connection closes its stream only after its loops, and every task that
+writes, have finished, so the descriptor is valid whenever these functions
+use it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -29,6 +32,12 @@ def socket_fd(stream: trio.abc.Stream) -> int:
     if os.name != "posix" or type(stream) is not trio.SocketStream:
         return -1
     return stream.socket.fileno()
+
+
+def receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytearray]]:
+    """The stream's ``receive_some``, or :func:`receive` on its socket when it has one."""
+    fd = socket_fd(stream)
+    return stream.receive_some if fd < 0 else functools.partial(receive, fd)
 
 
 async def receive(fd: int, max_bytes: int) -> bytes:
