@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from trio_echo import wire
-from trio_echo._bench import BenchConfig, run_bench
-from trio_echo._bench_worker import FramedReader
+from trio_echo.bench.runner import BenchConfig, run_bench
+from trio_echo.bench.worker import FramedReader
 
 HERE = Path(__file__).resolve().parent
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"

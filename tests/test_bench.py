@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_echo import wire
-from trio_echo._bench_worker import (
+from trio_echo.bench.worker import (
     FramedReader,
     Worker,
     WorkerSpec,
@@ -34,7 +34,7 @@ from trio_echo._bench_worker import (
     bucket_value,
     payload_bytes,
 )
-from trio_echo._cli import main
+from trio_echo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--duration", "0.3", "--warmup", "0.1", "--quiet", "--json"]

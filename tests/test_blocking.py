@@ -16,7 +16,7 @@ import trio_echo
 from server_thread import ServerThread, closes_before_hello, server_thread
 from test_client import EXCEPTIONS
 from trio_echo import Service, wire
-from trio_echo._errors import remote_error
+from trio_echo.errors import remote_error
 
 
 class Gate:

@@ -13,8 +13,8 @@ import pytest
 
 from server_thread import ServerThread, closes_before_hello, server_thread
 from test_blocking import Gate
-from trio_echo._cli import main
-from trio_echo._cli_call import parse_arg, to_json
+from trio_echo.cli import main
+from trio_echo.cli.call import parse_arg, to_json
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import trio.testing
 
 import trio_echo
 from trio_echo import Server, Service, wire
-from trio_echo._errors import remote_error
+from trio_echo.errors import remote_error
 
 from helpers import Peer, tcp_server
 

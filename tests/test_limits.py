@@ -425,7 +425,7 @@ def test_cli_limit_flags_reach_the_server() -> None:
 def test_cli_rejects_a_bad_number_of_seconds(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trio_echo._cli import main
+    from trio_echo.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["serve", flag, value])

@@ -8,31 +8,30 @@ submodule :mod:`trio_echo.wire`.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import wire as wire
-from ._blocking import BlockingClient as BlockingClient
-from ._blocking import connect as connect
-from ._client import Client as Client
-from ._client import open_client as open_client
-from ._client import open_client_over_stream as open_client_over_stream
-from ._errors import ConnectionClosed as ConnectionClosed
-from ._errors import DeadlineExceeded as DeadlineExceeded
-from ._errors import FrameTooLarge as FrameTooLarge
-from ._errors import InternalError as InternalError
-from ._errors import InvalidParams as InvalidParams
-from ._errors import Malformed as Malformed
-from ._errors import Overloaded as Overloaded
-from ._errors import RemoteError as RemoteError
-from ._errors import RequestCancelled as RequestCancelled
-from ._errors import TrioEchoError as TrioEchoError
-from ._errors import UnknownMethod as UnknownMethod
-from ._errors import UnsupportedVersion as UnsupportedVersion
-from ._server import Server as Server
-from ._server import serve as serve
-from ._server import serve_stream as serve_stream
-from ._service import HandlerKind as HandlerKind
-from ._service import Service as Service
+from ._version import __version__ as __version__
+from .client.async_client import Client as Client
+from .client.async_client import open_client as open_client
+from .client.async_client import open_client_over_stream as open_client_over_stream
+from .client.blocking import BlockingClient as BlockingClient
+from .client.blocking import connect as connect
+from .errors import ConnectionClosed as ConnectionClosed
+from .errors import DeadlineExceeded as DeadlineExceeded
+from .errors import FrameTooLarge as FrameTooLarge
+from .errors import InternalError as InternalError
+from .errors import InvalidParams as InvalidParams
+from .errors import Malformed as Malformed
+from .errors import Overloaded as Overloaded
+from .errors import RemoteError as RemoteError
+from .errors import RequestCancelled as RequestCancelled
+from .errors import TrioEchoError as TrioEchoError
+from .errors import UnknownMethod as UnknownMethod
+from .errors import UnsupportedVersion as UnsupportedVersion
+from .server.server import Server as Server
+from .server.server import serve as serve
+from .server.server import serve_stream as serve_stream
+from .server.service import HandlerKind as HandlerKind
+from .server.service import Service as Service
 
 __all__ = [
     # server

@@ -13,9 +13,9 @@ from typing import Any
 
 import trio
 
-from . import wire
-from ._server import Server
-from ._service import Service
+from .. import wire
+from ..server.server import Server
+from ..server.service import Service
 
 __all__ = ["configure", "load_app", "run"]
 
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
         if workers > 1:
-            from ._workers import supervise
+            from ..server.supervisor import supervise
 
             return trio.run(supervise, worker_argv(args), workers, args.host, args.port)
         return trio.run(

@@ -10,12 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .._version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and docs)."""
-    from . import _cli_bench, _cli_call, _cli_serve
+    from . import bench as _cli_bench
+    from . import call as _cli_call
+    from . import serve as _cli_serve
 
     parser = argparse.ArgumentParser(
         prog="trio-echo",

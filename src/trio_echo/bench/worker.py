@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .wire import MAX_MSGID, PREAMBLE, packb
+from ..wire import MAX_MSGID, PREAMBLE, packb
 
 #: Seconds between two progress messages to the parent.
 PROGRESS_INTERVAL: Final = 0.25

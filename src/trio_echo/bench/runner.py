@@ -1,7 +1,7 @@
 """The engine of ``trio-echo bench``: start worker processes, gather, summarise.
 
 :func:`run_bench` splits the connections over ``workers`` processes (see
-:mod:`._bench_worker`), starts them on one shared clock, relays their progress
+:mod:`.worker`), starts them on one shared clock, relays their progress
 and merges what they measured into one :class:`BenchReport`.
 """
 
@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from typing import Any, Final
 
-from ._bench_worker import HIST_SIZE, WorkerResult, WorkerSpec, bucket_value, worker_main
+from .worker import HIST_SIZE, WorkerResult, WorkerSpec, bucket_value, worker_main
 
 __all__ = ["BenchConfig", "BenchReport", "Progress", "format_report", "run_bench", "usable_cpus"]
 

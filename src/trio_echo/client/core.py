@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
-from . import wire
-from ._errors import ConnectionClosed, FrameTooLarge, RemoteError, remote_error
+from .. import wire
+from ..errors import ConnectionClosed, FrameTooLarge, RemoteError, remote_error
 
 __all__ = ["DEFAULT_RECEIVE_MAX_FRAME", "ClientBase", "ClientCore", "NotificationHandler", "lost"]
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from ._bench import BenchConfig, Progress, format_report, run_bench
+from ..bench.runner import BenchConfig, Progress, format_report, run_bench
 
 
 def configure(sub: Any) -> None:

@@ -2,9 +2,9 @@
 
 A :class:`Server` owns the method table, the counters behind ``stats`` and
 the server-wide limits. Each accepted connection becomes one task running a
-:class:`~trio_echo._connection.ConnectionState` (sniffing, raw echo) which
+:class:`~trio_echo.server.connection.ConnectionState` (sniffing, raw echo) which
 hands framed and msgpack-rpc stream connections to the message engine in
-:mod:`trio_echo._engine`.
+:mod:`trio_echo.server.engine`.
 
 A server-wide reaper task wakes about once a second: it closes connections
 that have received nothing and owe nothing for ``idle_timeout``, and frees
@@ -24,11 +24,12 @@ from typing import Any, Final
 
 import trio
 
-from . import __version__, wire
-from ._builtins import builtin_service
-from ._connection import ConnectionState
-from ._service import HandlerKind, Method, Service
-from .wire import ErrorCode, Mode
+from .. import wire
+from .._version import __version__
+from ..wire import ErrorCode, Mode
+from .builtins import builtin_service
+from .connection import ConnectionState
+from .service import HandlerKind, Method, Service
 
 __all__ = ["Server", "open_listeners", "serve", "serve_stream"]
 

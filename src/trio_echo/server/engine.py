@@ -16,7 +16,7 @@ empty; otherwise it leaves its reply to the sender already at work. So
 replies ready at one moment leave in one syscall, and no sender task or
 channel sits between a handler and the socket. On a socket the replies are
 first offered to the kernel with one non-blocking write, and a read costs one
-trip through Trio's scheduler, not two (see ``_sockio``); Trio's ``send_all``
+trip through Trio's scheduler, not two (see ``sockio``); Trio's ``send_all``
 is only needed when the socket's buffer is full.
 
 Backpressure: the reader stops reading while ``max_inflight`` requests are
@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from . import _sockio, wire
-from ._errors import RemoteError
-from ._service import HandlerKind, Method
-from .wire import ErrorCode
+from .. import wire
+from ..errors import RemoteError
+from ..wire import ErrorCode
+from . import sockio as _sockio
+from .service import HandlerKind, Method
 
 if TYPE_CHECKING:
-    from ._connection import ConnectionState
+    from .connection import ConnectionState
 
 __all__ = ["MessageConnection", "cause"]
 
@@ -766,4 +767,4 @@ def _is_pack_error(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(("_engine.py", "wire.py"))
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(("engine.py", "wire.py"))

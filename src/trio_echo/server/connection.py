@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _sockio, wire
-from ._engine import RECEIVE_SIZE, MessageConnection, cause
-from .wire import Mode
+from .. import wire
+from ..wire import Mode
+from . import sockio as _sockio
+from .engine import RECEIVE_SIZE, MessageConnection, cause
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 __all__ = ["ConnectionState"]
 

@@ -1,7 +1,7 @@
 """The blocking client: plain sockets and threads, no Trio needed.
 
 Theory of operation. A :class:`BlockingClient` owns one socket and the same
-sans-IO :class:`~trio_echo._client_core.ClientCore` the async client uses.
+sans-IO :class:`~trio_echo.client.core.ClientCore` the async client uses.
 Each call registers a :class:`concurrent.futures.Future` under a fresh msgid,
 sends its request under a send lock, and waits on the future. One daemon
 reader thread reads the socket and completes the futures by msgid, so any
@@ -22,7 +22,8 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from ._client_core import (
+from ..errors import ConnectionClosed, DeadlineExceeded
+from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
     RECEIVE_SIZE,
@@ -32,7 +33,6 @@ from ._client_core import (
     fresh,
     lost,
 )
-from ._errors import ConnectionClosed, DeadlineExceeded
 
 __all__ = ["BlockingClient", "connect"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import trio
 
-from ._errors import InvalidParams
-from ._service import Service
+from ..errors import InvalidParams
+from .service import Service
 
 __all__ = ["MAX_SLEEP_S", "builtin_service"]
 

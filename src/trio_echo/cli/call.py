@@ -22,9 +22,9 @@ from typing import Any
 
 import msgpack
 
-from ._blocking import BlockingClient, connect
-from ._cli_serve import DEFAULT_PORT
-from ._errors import ConnectionClosed, RemoteError
+from ..client.blocking import BlockingClient, connect
+from ..errors import ConnectionClosed, RemoteError
+from .serve import DEFAULT_PORT
 
 __all__ = ["configure", "from_json", "parse_arg", "to_json"]
 

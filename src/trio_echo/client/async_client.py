@@ -1,7 +1,7 @@
 """The async Trio client: one connection, many concurrent calls.
 
 Theory of operation. A :class:`Client` owns one stream and one sans-IO
-:class:`~trio_echo._client_core.ClientCore` (the wire.Connection, msgids and
+:class:`~trio_echo.client.core.ClientCore` (the wire.Connection, msgids and
 the table of pending calls, shared with the blocking client). Two internal
 tasks run per connection, never one per call:
 
@@ -34,7 +34,8 @@ from typing import Any, Final
 import outcome
 import trio
 
-from ._client_core import (
+from ..errors import ConnectionClosed, DeadlineExceeded
+from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
     RECEIVE_SIZE,
@@ -44,7 +45,6 @@ from ._client_core import (
     fresh,
     lost,
 )
-from ._errors import ConnectionClosed, DeadlineExceeded
 
 __all__ = ["Client", "NotificationHandler", "open_client", "open_client_over_stream"]
 

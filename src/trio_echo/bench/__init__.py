@@ -1,0 +1,1 @@
+"""The load generator behind ``trio-echo bench``: a runner and its epoll worker processes."""
