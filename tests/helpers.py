@@ -101,7 +101,11 @@ class ServerProcess:
     """``python -m trio_echo serve`` in a subprocess on a free port (use as a context manager)."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, ready: str = r"listening on \S+:(\d+)"
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready: str = r"listening on \S+:(\d+)",
+        cwd: str | None = None,
     ) -> None:
         import subprocess
         import sys
@@ -111,6 +115,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=cwd,
         )
         self.log: list[str] = []
         self.port = self._wait_for_port(ready)

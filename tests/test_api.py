@@ -24,7 +24,7 @@ def test_every_export_resolves() -> None:
 def test_one_exception_class_per_error_code() -> None:
     codes = {code.value for code in trio_echo.wire.ErrorCode}
     classes = {
-        getattr(trio_echo, name).code_name
+        getattr(trio_echo, name).code
         for name in trio_echo.__all__
         if isinstance(getattr(trio_echo, name), type)
         and issubclass(getattr(trio_echo, name), trio_echo.RemoteError)

@@ -5,7 +5,8 @@ strings) and results are printed as JSON, with bytes shown as
 ``{"$bytes": "<base64>"}`` (the same form is accepted in arguments).
 
 Exit codes: 0 success; 1 the server answered with an error (a timeout
-included), printed to stderr as ``CODE: MESSAGE``; 2 the connection failed
+included), printed to stderr as ``CODE: MESSAGE``, then the error's ``data``
+as one line of JSON if it has any; 2 the connection failed
 (refused, lost, no hello), printed as one line without a traceback.
 """
 
@@ -39,7 +40,8 @@ ENCODING_HELP = (
     "Each ARG is parsed as JSON, falling back to a plain string: 3 is an int, "
     "'\"3\"' and hello are strings, '[1, \"a\"]' is an array. Bytes are written "
     'and shown as {"$bytes": "<base64>"}. The result is printed as JSON. Exit '
-    "status: 0 success, 1 error response (code and message on stderr), 2 "
+    "status: 0 success, 1 error response (CODE: MESSAGE on stderr, then the "
+    "error's data as JSON if any), 2 "
     "connection failure."
 )
 
@@ -190,7 +192,10 @@ def _request(args: argparse.Namespace, fn: Callable[[BlockingClient], Any]) -> t
         try:
             return 0, fn(client)
         except RemoteError as exc:
-            return _fail(EXIT_REMOTE_ERROR, f"{exc.code}: {_one_line(exc.message)}")
+            shown = f"{exc.code}: {_one_line(exc.message)}"
+            if exc.data is not None:
+                shown += "\n" + json.dumps(to_json(exc.data), ensure_ascii=False)
+            return _fail(EXIT_REMOTE_ERROR, shown)
         except (OSError, ConnectionClosed) as exc:
             return _fail(
                 EXIT_CONNECTION, f"trio-echo: connection to {where} lost: {_one_line(exc)}"

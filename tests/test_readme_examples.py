@@ -1,0 +1,53 @@
+"""README examples run as written: the code blocks are taken from README.md itself."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import ServerProcess
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def block_after(marker: str, lang: str = "python") -> str:
+    """The first fenced ``lang`` block of README.md that starts with ``marker`` or follows it."""
+    start = README.index(marker)
+    match = re.compile(rf"```{lang}\n(.*?)```", re.DOTALL).search(README, start - len(lang) - 4)
+    assert match, f"no {lang} block at {marker!r}"
+    return match.group(1)
+
+
+def section(title: str) -> str:
+    start = README.index(title)
+    end = README.find("\n## ", start + 1)
+    return README[start:end]
+
+
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_your_own_errors(tmp_path: Path) -> None:
+    text = section("### Your own errors")
+    (tmp_path / "kv.py").write_text(block_after("# kv.py"))
+    client = re.search(r"```python\n(import trio_echo\nfrom kv .*?)```", text, re.DOTALL)
+    assert client
+    transcript = re.search(r"```sh\n(.*?)```", text, re.DOTALL)
+    assert transcript
+    lines = transcript.group(1).splitlines()
+    assert lines[0] == "$ trio-echo serve --app kv:service &"
+    with ServerProcess("--app", "kv:service", cwd=str(tmp_path)) as srv:
+        port = str(srv.port)
+        assert lines[1] == '$ trio-echo call get nope; echo "exit $?"'
+        done = run(
+            [sys.executable, "-m", "trio_echo", "call", "--port", port, "get", "nope"], tmp_path
+        )
+        assert [*done.stderr.splitlines(), f"exit {done.returncode}"] == lines[2:]
+        script = client.group(1).replace("7000", port)
+        out = run([sys.executable, "-c", script], tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "key_not_found no key 'nope' {'key': 'nope'}\n"
+        assert srv.stop() == 0
