@@ -114,6 +114,13 @@ def configure(sub: Any) -> None:
         action="store_true",
         help="set SO_REUSEPORT so that several servers can share the port",
     )
+    p.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2, e.g. HAProxy's send-proxy-v2) first "
+        "on every connection, and log the client it names; connections without one are "
+        "closed. Only behind a trusted load balancer",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument(
         "--log-level",
@@ -181,6 +188,7 @@ def server_from_args(args: argparse.Namespace) -> Server:
         max_requests=args.max_requests,
         idle_timeout=args.idle_timeout,
         debug=args.debug,
+        proxy_protocol=args.proxy_protocol,
     )
 
 
@@ -261,6 +269,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--app", args.app]
     if args.debug:
         argv.append("--debug")
+    if args.proxy_protocol:
+        argv.append("--proxy-protocol")
     return argv
 
 

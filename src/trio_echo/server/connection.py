@@ -11,6 +11,7 @@ from .. import wire
 from ..wire import Mode
 from . import sockio as _sockio
 from .engine import RECEIVE_SIZE, MessageConnection, cause
+from .proxy import proxy_prelude
 
 if TYPE_CHECKING:
     from .server import Server
@@ -96,8 +97,13 @@ class ConnectionState:
         return data  # type: ignore[return-value]  # sockets give bytes
 
     async def _run(self) -> None:
+        verdict: Mode | None = None  # stays None if shutdown cancels the read below
         with self.read_scope:
-            verdict, prefix = await self._sniff()
+            first: bytes | None = b""
+            if self.server.proxy_protocol:
+                first = await proxy_prelude(self)
+            if first is not None:
+                verdict, prefix = await self._sniff(first)
         if verdict is None:
             return
         if verdict is Mode.RAW:
@@ -109,14 +115,17 @@ class ConnectionState:
         self.engine = MessageConnection(self, framed)
         await self.engine.run(prefix)
 
-    async def _sniff(self) -> tuple[Mode | None, bytes]:
-        """Read until the connection's kind is known; (None, ...) means it is over."""
+    async def _sniff(self, first: bytes = b"") -> tuple[Mode | None, bytes]:
+        """Read until the connection's kind is known; (None, ...) means it is over.
+
+        ``first`` holds bytes already read (those after a PROXY header).
+        """
         server = self.server
         mode = server.mode
         prefix = b""
         verdict: Mode | wire.ProtocolViolation | bool | None
         while True:
-            data = await self.receive()
+            data, first = first or await self.receive(), b""
             if not data:
                 if prefix and mode in (None, Mode.RAW):
                     # Half-closed while we were still sniffing: echo what we hold.

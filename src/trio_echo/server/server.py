@@ -14,6 +14,7 @@ the decoder buffers of quiet ones; the hot path only bumps a byte counter.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
@@ -29,6 +30,8 @@ from .._version import __version__
 from ..wire import ErrorCode, Mode
 from .builtins import builtin_service
 from .connection import ConnectionState
+from .engine import RECEIVE_SIZE
+from .proxy import read_proxy_header
 from .service import HandlerKind, Method, Service
 
 __all__ = ["Server", "open_listeners", "serve", "serve_stream"]
@@ -74,6 +77,10 @@ class Server:
         idle_timeout: seconds after which a connection that sent nothing and
             is owed nothing is closed (0 disables).
         debug: include tracebacks in ``internal`` error responses.
+        proxy_protocol: expect a PROXY protocol header (v1 or v2, as a load
+            balancer sends it) at the start of every connection, and name the
+            client it gives in logs. A connection without a valid header is
+            closed. Only for a server that trusted balancers alone can reach.
 
     Raises:
         ValueError: a user method's name clashes with a built-in.
@@ -92,6 +99,7 @@ class Server:
         max_requests: int = 65536,
         idle_timeout: float = 300.0,
         debug: bool = False,
+        proxy_protocol: bool = False,
     ) -> None:
         if max_frame < 1 or max_inflight < 1 or threads < 1:
             raise ValueError("max_frame, max_inflight and threads must be positive")
@@ -103,6 +111,7 @@ class Server:
         self.max_requests = max_requests
         self.idle_timeout = idle_timeout
         self.debug = debug
+        self.proxy_protocol = proxy_protocol
         self.limiter = trio.CapacityLimiter(threads)
         registry = builtin_service(self.stats, self.method_list)
         if service is not None:
@@ -131,6 +140,7 @@ class Server:
         self.started_at = time.monotonic()
         self.connections_total = 0
         self.connections_rejected = 0
+        self.proxy_rejected = 0
         self.requests_total = 0
         self.notifications_total = 0
         self.requests_in_flight = 0
@@ -225,6 +235,7 @@ class Server:
             "connections_open": len(conns),
             "connections_total": self.connections_total,
             "connections_rejected": self.connections_rejected,
+            "proxy_rejected": self.proxy_rejected,
             "requests_total": self.requests_total,
             "notifications_total": self.notifications_total,
             "requests_in_flight": self.requests_in_flight,
@@ -308,13 +319,17 @@ class Server:
         with trio.move_on_after(REJECT_SNIFF_S):
             prefix = b""
             try:
-                while len(prefix) < len(wire.PREAMBLE):
+                if self.proxy_protocol:
+                    header = await read_proxy_header(
+                        functools.partial(stream.receive_some, RECEIVE_SIZE), timeout=math.inf
+                    )
+                    # No valid header: anything but the preamble, so just close.
+                    prefix = header[1][: len(wire.PREAMBLE)] if isinstance(header, tuple) else b"-"
+                while len(prefix) < len(wire.PREAMBLE) and wire.PREAMBLE.startswith(prefix):
                     data = await stream.receive_some(len(wire.PREAMBLE) - len(prefix))
                     if not data:
                         break
                     prefix += data
-                    if not wire.PREAMBLE.startswith(prefix):
-                        break
                 if prefix == wire.PREAMBLE:
                     await stream.send_all(
                         wire.encode_error(
