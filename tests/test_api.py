@@ -6,13 +6,13 @@ import ast
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import trio_echo
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 SRC = ROOT / "src" / "trio_echo"
 
 

@@ -1,7 +1,7 @@
 // The JS client against a live trio_echo server.
 //
 // Uses the server at TRIO_ECHO_HOST:TRIO_ECHO_PORT when TRIO_ECHO_PORT is set
-// (tests/test_js_client.py does that); otherwise starts
+// (tests/e2e/test_js_client.py does that); otherwise starts
 // `python3 -m trio_echo serve --port 0` (TRIO_ECHO_PYTHON overrides python3).
 
 import assert from "node:assert/strict";

@@ -282,6 +282,12 @@ class ClientBase(Generic[W]):
         """True once the connection has ended (closed by us, by the server, or lost)."""
         return self._core.error is not None
 
+    @property
+    def core(self) -> ClientCore[W]:
+        """The sans-IO :class:`ClientCore` this client drives, to inspect in tests and
+        while debugging (``pending``, ``next_msgid``); the transport alone feeds it."""
+        return self._core
+
 
 def _describe(event: object) -> str:
     if isinstance(event, wire.ProtocolViolation):

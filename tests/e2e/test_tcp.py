@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import trio
 import trio.testing
 
 import trio_echo
-from fault_tools import wait_for_log
 from trio_echo import Server, Service, wire
 from trio_echo.wire import Response
 
@@ -216,107 +214,6 @@ async def test_grace_period_cancels_stragglers() -> None:
     assert server.stats()["connections_open"] == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # SIGINT is Ctrl-C
-def test_cli_signal_with_request_in_flight(sig: signal.Signals) -> None:
-    with ServerProcess("--grace", "20") as srv:
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        with sock:
-            peer_conn = wire.Connection()
-            sock.sendall(
-                peer_conn.initiate()
-                + peer_conn.send(wire.Request(1, "sleep", [0.5]))
-                + peer_conn.send(wire.Request(2, "ping", []))
-            )
-            events: list[wire.Event] = []
-            while len(events) < 2:  # the pong proves the server has read the sleep
-                peer_conn.receive_data(sock.recv(65536))
-                events.extend(peer_conn.events())
-            srv.proc.send_signal(sig)
-            while True:
-                data = sock.recv(65536)
-                peer_conn.receive_data(data)
-                events.extend(peer_conn.events())
-                if not data:
-                    break
-        assert events[1:] == [Response(2, "pong"), Response(1, None)]
-        assert srv.wait() == 0
-    log = "".join(srv.log)
-    assert "shutting down" in log and "Traceback" not in log
-
-
-def test_cli_second_signal_exits_at_once() -> None:
-    with ServerProcess("--grace", "60") as srv:
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        with sock:
-            conn = wire.Connection()
-            sock.sendall(conn.initiate() + conn.send(wire.Request(1, "sleep", [60])))
-            sock.recv(65536)  # the hello
-            srv.proc.send_signal(signal.SIGINT)
-            # Signals do not queue: send the second once the first was handled.
-            wait_for_log(srv.log, "shutting down gracefully")
-            srv.proc.send_signal(signal.SIGINT)
-            code = srv.wait(timeout=10)
-    assert code == 1
-    assert "Traceback" not in "".join(srv.log)
-
-
-def test_cli_help_lists_every_option() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "trio_echo", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for flag in [
-        "--host",
-        "--port",
-        "--mode",
-        "--app",
-        "--max-frame",
-        "--max-inflight",
-        "--threads",
-        "--grace",
-        "--log-level",
-    ]:
-        assert flag in out
-
-
-def test_cli_app_serves_user_methods(tmp_path: os.PathLike[str]) -> None:
-    app = os.path.join(tmp_path, "myapp.py")
-    with open(app, "w") as f:
-        f.write(
-            "import trio_echo\n"
-            "service = trio_echo.Service()\n"
-            "@service.method\n"
-            "def shout(text: str) -> str:\n"
-            "    '''Upper-case the text.'''\n"
-            "    return text.upper()\n"
-        )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    with ServerProcess("--app", "myapp:service", env=env) as srv:
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        with sock:
-            conn = wire.Connection()
-            sock.sendall(conn.initiate() + conn.send(wire.Request(1, "shout", ["hey"])))
-            events: list[wire.Event] = []
-            while len(events) < 2:
-                conn.receive_data(sock.recv(65536))
-                events.extend(conn.events())
-        assert events[1] == Response(1, "HEY")
-        assert srv.stop() == 0
-
-
-def test_cli_bad_app_is_a_clear_error() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "trio_echo", "serve", "--app", "no_such_module_x:svc"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2
-    assert "cannot load --app" in proc.stderr and "Traceback" not in proc.stderr
-
-
 async def test_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.fail("IPv6 is expected on the CI machines")
@@ -375,35 +272,6 @@ async def test_quiet_msgpack_rpc_connection_frees_its_decoder() -> None:
                     await trio.sleep(0.05)
             # The next message gets a fresh Unpacker.
             assert await peer.call(2, "echo", "y") == Response(2, "y")
-
-
-def test_cli_raises_a_low_open_files_limit() -> None:
-    import resource
-
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-
-    def low_soft_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
-    # Started with a soft limit of 256, the server lifts it for 1500 connections.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_echo", "serve", "--port", "0", "--max-connections", "1500"],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=low_soft_limit,
-    )
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "listening on" in line:
-                break
-        soft, _ = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
-        assert soft == min(1500 + 256, hard)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 async def test_replies_wait_while_the_send_buffer_is_full() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +23,10 @@ from trio_echo.wire import (
     ProtocolViolation,
     StreamDecoder,
 )
-from wire_helpers import encode, same
 
-DOC = Path(__file__).resolve().parent.parent / "protocol.md"
+from helpers import ROOT, encode, same
+
+DOC = ROOT / "protocol.md"
 TEXT = DOC.read_text(encoding="utf-8")
 
 FENCE = re.compile(r"^```(hex|decoded) ([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -15,7 +15,7 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.errors import remote_error
 
-from helpers import Peer, tcp_server
+from helpers import EXCEPTIONS, Peer, tcp_server
 
 HELLO = {"protocol": 1, "server": "fake", "max_frame": wire.DEFAULT_MAX_FRAME, "max_inflight": 128}
 
@@ -24,8 +24,7 @@ class FakeServer(Peer):
     """The server end of an in-memory connection, driven by hand through wire.Connection."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        super().__init__(stream)
-        self.conn = wire.Connection(wire.Role.SERVER)
+        super().__init__(stream, role=wire.Role.SERVER)
 
     async def hello(self, **info: Any) -> None:
         await self.send(wire.Notification("hello", [{**HELLO, **info}]))
@@ -161,7 +160,7 @@ async def test_1000_concurrent_calls_from_100_tasks() -> None:
                     for task in range(100):
                         nursery.start_soon(caller, task)
             assert len(results) == 1000 and all(results.values())
-            assert client._core.pending == {}
+            assert client.core.pending == {}
             # Requests queued in the same tick leave together, not one send_all each.
             assert stream.sends < 100, stream.sends
 
@@ -202,7 +201,7 @@ async def test_cancel_crosses_the_wire() -> None:
         stats = await settled_stats(client)
         assert stats["requests_in_flight"] == 0
         assert stats["errors"] == {"cancelled": 1}
-        assert client._core.pending == {}  # the late "cancelled" reply arrived and was dropped
+        assert client.core.pending == {}  # the late "cancelled" reply arrived and was dropped
         assert await client.call("echo", 1) == 1
 
 
@@ -253,7 +252,7 @@ async def test_server_timeout_reply_raises_deadline_exceeded() -> None:
 async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
     top = wire.MAX_MSGID
     async with fake_pair() as (client, fake):
-        client._core.next_msgid = top
+        client.core.next_msgid = top
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call, "sleep", 10)
             assert await fake.next_event() == wire.Request(top, "sleep", [10])
@@ -261,7 +260,7 @@ async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
         assert await fake.next_event() == wire.Cancel(top)
 
         # top is reserved until its late reply arrives: the next call wraps to 0.
-        client._core.next_msgid = top
+        client.core.next_msgid = top
         async with trio.open_nursery() as nursery:
             results: list[Any] = []
 
@@ -274,27 +273,15 @@ async def test_msgids_wrap_and_cancelled_ids_stay_reserved() -> None:
         assert results == ["new"]
 
         # The late reply freed top.
-        client._core.next_msgid = top
+        client.core.next_msgid = top
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call, "echo", 3)
             assert await fake.next_event() == wire.Request(top, "echo", [3])
             await fake.send(wire.Response(top, 3))
-        assert client._core.pending == {}
+        assert client.core.pending == {}
 
 
 # --- errors ------------------------------------------------------------------------------
-
-EXCEPTIONS = {
-    "malformed": trio_echo.Malformed,
-    "frame_too_large": trio_echo.FrameTooLarge,
-    "unsupported_version": trio_echo.UnsupportedVersion,
-    "unknown_method": trio_echo.UnknownMethod,
-    "invalid_params": trio_echo.InvalidParams,
-    "internal": trio_echo.InternalError,
-    "cancelled": trio_echo.RequestCancelled,
-    "timeout": trio_echo.DeadlineExceeded,
-    "overloaded": trio_echo.Overloaded,
-}
 
 
 def test_every_error_code_has_an_exception() -> None:

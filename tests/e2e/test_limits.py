@@ -15,21 +15,23 @@ from typing import Any
 import pytest
 import trio
 
-from fault_tools import (
+from trio_echo import Server, wire
+from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
+
+from helpers import (
     Gate,
+    Peer,
+    ServerProcess,
     SyncPeer,
     decode_all,
     error_code,
     eventually,
-    kinds_service,
+    framed_peer,
     proc_status_kib,
     quiet,
     read_to_eof,
+    tcp_server,
 )
-from trio_echo import Server, wire
-from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
-
-from helpers import Peer, ServerProcess, framed_peer, tcp_server
 
 IDLE_S = 0.3
 
@@ -101,7 +103,7 @@ async def test_max_connections_refuses_with_overloaded_then_serves_again(
 
 async def test_max_requests_is_server_wide_and_covers_every_handler_kind() -> None:
     gate = Gate()
-    server = Server(kinds_service(gate), max_requests=3)
+    server = Server(gate.service, max_requests=3)
     try:
         async with (
             tcp_server(server) as (_, port),
@@ -133,10 +135,10 @@ async def test_max_requests_is_server_wide_and_covers_every_handler_kind() -> No
                 assert error_code(await a.next_event()) == "cancelled"
                 assert await d.call(6, "aecho", "back") == Response(6, "back")
                 assert await d.call(7, "echo", "back") == Response(7, "back")
-            gate.event.set()
+            gate.open()
             assert await b.next_event() == Response(1, "opened")
     finally:
-        gate.event.set()
+        gate.open()
 
 
 # --- max_inflight, bounded replies -------------------------------------------------------
@@ -382,51 +384,3 @@ async def test_max_frame_is_checked_on_the_header(mode: wire.Mode) -> None:
             events = events[1:]  # hello
         assert events[0] == Response(1, b"z" * 900)
         assert [error_code(e) for e in events[1:]] == ["frame_too_large"]
-
-
-# --- the CLI flags ---------------------------------------------------------------------
-
-
-def test_cli_limit_flags_reach_the_server() -> None:
-    with ServerProcess(
-        "--max-connections", "1", "--max-requests", "1", "--max-frame", "1000",
-        "--max-inflight", "7", "--idle-timeout", str(IDLE_S),
-    ) as srv:  # fmt: skip
-        peer = SyncPeer(srv.port)
-        hello = peer.next_event()
-        assert isinstance(hello, Notification)
-        assert (hello.params[0]["max_frame"], hello.params[0]["max_inflight"]) == (1000, 7)
-        refused = SyncPeer(srv.port)
-        assert [error_code(e) for e in refused.until_eof()] == ["overloaded"]
-        refused.close()
-        peer.send(wire.Request(1, "sleep", [0.2]))
-        assert error_code(peer.call(2, "echo", 1)) == "overloaded"  # max_requests 1
-        assert peer.next_event() == Response(1, None)
-        peer.sock.sendall((1001).to_bytes(4, "big"))
-        assert [error_code(e) for e in peer.until_eof()] == ["frame_too_large"]
-        peer.close()
-        # The closed connection frees the only slot soon; then a client that says
-        # nothing after the hello is closed by the idle timeout.
-        for _ in range(100):
-            silent = SyncPeer(srv.port)
-            first = silent.next_event()
-            if isinstance(first, Notification) and first.method == "hello":
-                break
-            silent.close()
-        start = time.monotonic()
-        assert silent.until_eof() == []
-        assert IDLE_S * 0.5 <= time.monotonic() - start < IDLE_S + 3  # clock starts at accept
-        silent.close()
-        assert srv.stop() == 0
-
-
-@pytest.mark.parametrize("flag", ["--idle-timeout", "--grace"])
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_cli_rejects_a_bad_number_of_seconds(
-    flag: str, value: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from trio_echo.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["serve", flag, value])
-    assert exc.value.code == 2 and flag in capsys.readouterr().err

@@ -5,13 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from server_thread import server_thread
+from helpers import ROOT, server_thread
 
-CLIENTS = Path(__file__).resolve().parent.parent / "clients"
+CLIENTS = ROOT / "clients"
 
 
 def run(*argv: str) -> str:

@@ -31,7 +31,8 @@ from trio_echo.wire import (
     Role,
     StreamDecoder,
 )
-from wire_helpers import encode, same
+
+from helpers import encode, same
 
 # Modest example counts: the whole project suite has a time budget.
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

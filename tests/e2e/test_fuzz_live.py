@@ -24,11 +24,10 @@ import pytest
 import trio
 import trio.lowlevel
 
-from fault_tools import eventually, quiet, reset
 from trio_echo import Server, wire
 from trio_echo.wire import Notification, Response
 
-from helpers import framed_peer, tcp_server
+from helpers import eventually, framed_peer, quiet, reset, tcp_server
 
 SECONDS = float(os.environ.get("TRIO_ECHO_FUZZ_SECONDS", "4"))
 CLIENTS = 16

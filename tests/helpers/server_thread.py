@@ -79,24 +79,3 @@ def server_thread(service: Service | None = None, **options: Any) -> Iterator[Se
             pass  # killed by the test already
         thread.join(timeout=10)
         assert not thread.is_alive()
-
-
-@contextmanager
-def closes_before_hello() -> Iterator[int]:
-    """A loopback port whose one connection is accepted and closed before any hello."""
-    import socket
-
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def close_first() -> None:
-            conn, _ = listener.accept()
-            conn.close()
-
-        thread = threading.Thread(target=close_first)
-        thread.start()
-        try:
-            yield listener.getsockname()[1]
-        finally:
-            thread.join(10)

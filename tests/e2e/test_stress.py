@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-STRESS = Path(__file__).resolve().parent.parent / "benchmarks" / "stress.py"
+from helpers import ROOT
+
+STRESS = ROOT / "benchmarks" / "stress.py"
 
 
 def test_short_stress_run_loses_nothing() -> None:

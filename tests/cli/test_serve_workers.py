@@ -7,11 +7,10 @@ import re
 import signal
 import time
 
-from fault_tools import SyncPeer
 from trio_echo import wire
 from trio_echo.wire import Response
 
-from helpers import ServerProcess
+from helpers import ServerProcess, SyncPeer
 
 
 def framed_peer(port: int) -> SyncPeer:

@@ -15,23 +15,24 @@ import pytest
 import trio
 import trio.testing
 
-from fault_tools import (
+from trio_echo import Server, wire
+from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
+
+from helpers import (
     Gate,
+    ServerProcess,
     SyncPeer,
     decode_all,
     error_code,
     eventually,
-    kinds_service,
+    framed_peer,
     open_fds,
     quiet,
     read_to_eof,
     reset,
+    tcp_server,
     wait_for_log,
 )
-from trio_echo import Server, wire
-from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
-
-from helpers import ServerProcess, framed_peer, tcp_server
 
 # --- connection resets ---------------------------------------------------------------
 
@@ -123,7 +124,7 @@ async def test_a_raising_handler_is_internal_logged_once_and_the_connection_carr
     method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trio_echo")
-    async with tcp_server(Server(kinds_service(Gate()))) as (server, port):
+    async with tcp_server(Server(Gate().service)) as (server, port):
         async with framed_peer(port) as peer:
             reply = await peer.call(1, method)
             assert isinstance(reply, ErrorResponse) and reply.code == ErrorCode.INTERNAL
@@ -145,7 +146,7 @@ async def test_a_never_returning_handler_is_bounded_by_timeout_ms_and_cancel() -
     gate = Gate()
     try:
         async with (
-            tcp_server(Server(kinds_service(gate))) as (server, port),
+            tcp_server(Server(gate.service)) as (server, port),
             framed_peer(port) as peer,
         ):
             start = trio.current_time()
@@ -168,7 +169,7 @@ async def test_a_never_returning_handler_is_bounded_by_timeout_ms_and_cancel() -
             assert server.stats()["requests_in_flight"] == 0
             assert await peer.call(5, "ping") == Response(5, "pong")
     finally:
-        gate.event.set()  # let the abandoned worker threads finish
+        gate.open()  # let the abandoned worker threads finish
 
 
 async def test_a_fatal_error_still_answers_the_requests_read_before_it() -> None:

@@ -36,14 +36,9 @@ from trio_echo.bench.worker import (
 )
 from trio_echo.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, free_port
+
 QUICK = ["--duration", "0.3", "--warmup", "0.1", "--quiet", "--json"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from server_thread import ServerThread, closes_before_hello, server_thread
-from test_blocking import Gate
 from trio_echo.cli import main
 from trio_echo.cli.call import parse_arg, to_json
 
-
-@pytest.fixture
-def gate() -> Gate:
-    return Gate()
-
-
-@pytest.fixture
-def srv(gate: Gate) -> Iterator[ServerThread]:
-    with server_thread(gate.service) as running:
-        yield running
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+from helpers import Gate, ServerThread, closes_before_hello, free_port
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
-from server_thread import server_thread
+from helpers import ROOT, server_thread
 
-JS_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+JS_DIR = ROOT / "clients" / "js"
 
 
 def test_js_client_against_a_live_server() -> None:

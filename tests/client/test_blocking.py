@@ -5,50 +5,15 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import trio
 
 import trio_echo
-from server_thread import ServerThread, closes_before_hello, server_thread
-from test_client import EXCEPTIONS
-from trio_echo import Service, wire
-from trio_echo.errors import remote_error
+from trio_echo import wire
 
-
-class Gate:
-    """A server method that blocks until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.gate = trio.Event()
-        self.service = Service()
-
-        @self.service.method
-        async def block() -> str:
-            """Wait for the test."""
-            self.entered.set()
-            await self.gate.wait()
-            return "opened"
-
-        @self.service.method
-        def fail(code: str) -> None:
-            """Answer with the given error code."""
-            raise remote_error(code, f"failing with {code}")
-
-
-@pytest.fixture
-def gate() -> Gate:
-    return Gate()
-
-
-@pytest.fixture
-def srv(gate: Gate) -> Iterator[ServerThread]:
-    with server_thread(gate.service) as running:
-        yield running
+from helpers import EXCEPTIONS, Gate, ServerThread, SyncPeer, closes_before_hello, server_thread
 
 
 def test_call_server_info_and_close(srv: ServerThread) -> None:
@@ -76,7 +41,7 @@ def test_eight_threads_share_one_connection(srv: ServerThread, gate: Gate) -> No
 
         assert all(pool.map(worker, range(1, 8)))
         assert not blocked.done()
-        srv.run_sync(gate.gate.set)
+        srv.run_sync(gate.open)
         assert blocked.result(timeout=10) == "opened"
 
 
@@ -130,7 +95,7 @@ def test_ctrl_c_in_a_call_cancels_it_on_the_server(srv: ServerThread, gate: Gate
         srv.settle()
         stats = client.call("stats")
         assert stats["requests_in_flight"] == 0 and stats["errors"] == {"cancelled": 1}
-        assert client._core.pending == {}  # the late "cancelled" reply was dropped
+        assert client.core.pending == {}  # the late "cancelled" reply was dropped
 
 
 def test_ctrl_c_just_as_a_request_goes_out_keeps_the_connection(srv: ServerThread) -> None:
@@ -216,27 +181,9 @@ def test_notifications_reach_the_callback() -> None:
     assert seen == [("error", [{"code": "malformed", "message": seen[0][1][0]["message"]}])]
 
 
-class SocketPeer:
-    """The server end of a socketpair, driven by hand through wire.Connection."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.conn = wire.Connection(wire.Role.SERVER)
-        sock.settimeout(10)
-
-    def send(self, *events: wire.Event) -> None:
-        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
-
-    def next_event(self) -> wire.Event:
-        while (event := self.conn.next_event()) is wire.NEED_DATA:
-            self.conn.receive_data(self.sock.recv(65536))
-        assert not isinstance(event, type(wire.NEED_DATA))
-        return event
-
-
 def test_local_timeout_sends_cancel_and_reserves_the_msgid() -> None:
     client_sock, server_sock = socket.socketpair()
-    peer = SocketPeer(server_sock)
+    peer = SyncPeer.serving(server_sock)
     peer.send(wire.Notification("hello", [{"protocol": 1, "max_frame": 1 << 20}]))
     with trio_echo.BlockingClient(client_sock) as client, ThreadPoolExecutor(1) as pool:
         with pytest.raises(trio_echo.DeadlineExceeded, match="local deadline"):
@@ -244,7 +191,7 @@ def test_local_timeout_sends_cancel_and_reserves_the_msgid() -> None:
         assert peer.next_event() == wire.Request(1, "sleep", [10], {"timeout_ms": 50.0})
         assert peer.next_event() == wire.Cancel(1)
 
-        client._core.next_msgid = 1  # 1 is still reserved, so the next call gets 2
+        client.core.next_msgid = 1  # 1 is still reserved, so the next call gets 2
         call = pool.submit(client.call, "echo", "new")
         assert peer.next_event() == wire.Request(2, "echo", ["new"])
         peer.send(wire.Response(1, "late"), wire.Response(2, "new"))

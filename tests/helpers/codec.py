@@ -1,9 +1,10 @@
-"""Helpers shared by the wire-codec tests (test_wire.py, test_protocol_doc.py)."""
+"""Comparing, encoding and decoding protocol events in tests."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import trio_echo
 from trio_echo import wire
 from trio_echo.wire import Cancel, ErrorResponse, Notification, Request, Response
 
@@ -42,3 +43,34 @@ def encode(event: Any, framed: bool) -> bytes:
         [err] = event.params
         return wire.encode_error(None, err["code"], err["message"], err.get("data"), framed=framed)
     return wire.encode_notification(event.method, event.params, framed=framed)
+
+
+def error_code(event: wire.Event) -> str | None:
+    """The code of an error response or error notice, else None."""
+    if isinstance(event, wire.ErrorResponse):
+        return event.code
+    if isinstance(event, wire.Notification) and event.method == "error":
+        return str(event.params[0]["code"])
+    return None
+
+
+def decode_all(data: bytes, mode: wire.Mode = wire.Mode.FRAMED) -> list[wire.Event]:
+    """Every event in ``data`` (a whole server-to-client byte stream)."""
+    conn = wire.Connection(mode=mode, max_frame=2**31)
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    return list(conn.events())
+
+
+#: The exception class a client raises for each error code.
+EXCEPTIONS = {
+    "malformed": trio_echo.Malformed,
+    "frame_too_large": trio_echo.FrameTooLarge,
+    "unsupported_version": trio_echo.UnsupportedVersion,
+    "unknown_method": trio_echo.UnknownMethod,
+    "invalid_params": trio_echo.InvalidParams,
+    "internal": trio_echo.InternalError,
+    "cancelled": trio_echo.RequestCancelled,
+    "timeout": trio_echo.DeadlineExceeded,
+    "overloaded": trio_echo.Overloaded,
+}

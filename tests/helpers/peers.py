@@ -1,0 +1,137 @@
+"""Bare protocol peers: a Trio stream or a blocking socket driven by a bare wire.Connection.
+
+They speak exactly what a test tells them to, so tests can send what no real
+client would (bad frames, duplicate msgids, half a message) and see every event.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trio_echo import wire
+
+
+class Peer:
+    """A test peer made of a Trio stream and a bare :class:`wire.Connection`.
+
+    A client by default; ``role=wire.Role.SERVER`` plays a fake server for client tests.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        mode: wire.Mode = wire.Mode.FRAMED,
+        role: wire.Role = wire.Role.CLIENT,
+    ) -> None:
+        self.stream = stream
+        self.conn = wire.Connection(role, mode)
+
+    async def start(self) -> dict[str, Any]:
+        """Send the preamble; return the hello info (framed mode)."""
+        await self.stream.send_all(self.conn.initiate())
+        hello = await self.next_event()
+        assert isinstance(hello, wire.Notification) and hello.method == "hello", hello
+        info: dict[str, Any] = hello.params[0]
+        return info
+
+    async def send(self, *events: wire.Event) -> None:
+        await self.stream.send_all(b"".join(self.conn.send(e) for e in events))
+
+    async def request(self, msgid: int, method: str, *params: Any, **options: Any) -> None:
+        await self.send(wire.Request(msgid, method, list(params), options or None))
+
+    async def next_event(self) -> wire.Event:
+        """The next event; raises EOFError if the other side closed first."""
+        with trio.fail_after(10):
+            while True:
+                event = self.conn.next_event()
+                if event is not wire.NEED_DATA:
+                    assert not isinstance(event, type(wire.NEED_DATA))
+                    return event
+                self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def events(self, n: int) -> list[wire.Event]:
+        return [await self.next_event() for _ in range(n)]
+
+    async def call(self, msgid: int, method: str, *params: Any, **options: Any) -> wire.Event:
+        await self.request(msgid, method, *params, **options)
+        return await self.next_event()
+
+    async def expect_close(self) -> list[wire.Event]:
+        """Read until EOF; return the events that came before it."""
+        seen = []
+        with trio.fail_after(10):
+            while True:
+                try:
+                    seen.append(await self.next_event())
+                except EOFError:
+                    return seen
+
+
+@asynccontextmanager
+async def framed_peer(port: int) -> AsyncIterator[Peer]:
+    """A framed peer connected over loopback, past the hello."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        peer = Peer(stream)
+        await peer.start()
+        yield peer
+
+
+class SyncPeer:
+    """A blocking socket with a bare :class:`wire.Connection` (for servers in other threads
+    or processes).
+
+    ``SyncPeer(port)`` connects to a server and sends the preamble;
+    ``SyncPeer.serving(sock)`` plays the server on a connected socket (for client tests).
+    """
+
+    def __init__(self, port: int, mode: wire.Mode = wire.Mode.FRAMED, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.conn = wire.Connection(mode=mode)
+        self.sock.sendall(self.conn.initiate())
+
+    @classmethod
+    def serving(cls, sock: socket.socket, timeout: float = 10) -> SyncPeer:
+        """The server end of a connected socket (a ``socketpair``'s other end, say)."""
+        peer = cls.__new__(cls)
+        peer.sock = sock
+        peer.conn = wire.Connection(wire.Role.SERVER)
+        sock.settimeout(timeout)
+        return peer
+
+    def send(self, *events: wire.Event) -> None:
+        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
+
+    def next_event(self) -> wire.Event:
+        """The next event; raises EOFError at a close."""
+        while True:
+            event = self.conn.next_event()
+            if event is not wire.NEED_DATA:
+                assert not isinstance(event, type(wire.NEED_DATA))
+                return event
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            self.conn.receive_data(data)
+
+    def call(self, msgid: int, method: str, *params: Any) -> wire.Event:
+        self.send(wire.Request(msgid, method, list(params)))
+        return self.next_event()
+
+    def until_eof(self) -> list[wire.Event]:
+        events = []
+        while True:
+            try:
+                events.append(self.next_event())
+            except EOFError:
+                return events
+
+    def close(self) -> None:
+        self.sock.close()
