@@ -6,7 +6,7 @@ from each other. The modules: :mod:`.peers` (bare protocol peers),
 subprocess), :mod:`.server_thread` (a server in a background thread, for
 clients that are not Trio tasks), :mod:`.gate` (methods that wait for the
 test), :mod:`.codec` (comparing and encoding events), :mod:`.faults`
-(polling, resets, logs, process memory).
+(polling, resets, logs, process memory), :mod:`.proxy` (PROXY protocol headers).
 """
 
 from __future__ import annotations

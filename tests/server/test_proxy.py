@@ -8,12 +8,12 @@ import pytest
 import trio
 import trio.testing
 
-from proxy_helpers import inet, v1, v2
 from trio_echo import Server, wire
 from trio_echo.server.proxy import PROXY_HEADER_TIMEOUT_S
 from trio_echo.wire import ErrorResponse, Notification, Response
 
 from helpers import Peer, ServerProcess, memory_server, tcp_server
+from helpers.proxy import inet, v1, v2
 
 CLIENT = "203.0.113.7:4242"
 HEADERS = {

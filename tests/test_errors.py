@@ -18,11 +18,10 @@ import trio
 import trio.testing
 
 import trio_echo
-from server_thread import server_thread
 from trio_echo import Server, Service, wire
 from trio_echo.errors import PROTOCOL_CODES, error_class, remote_error
 
-from helpers import Peer, ServerProcess, memory_server, tcp_server
+from helpers import Peer, ServerProcess, memory_server, server_thread, tcp_server
 
 
 class KeyNotFound(trio_echo.RemoteError, code="key_not_found"):

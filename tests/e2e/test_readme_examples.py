@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ServerProcess
+from helpers import ROOT, ServerProcess
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def block_after(marker: str, lang: str = "python") -> str:

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy_helpers import inet, unix, v1, v2
 from trio_echo.proxy_protocol import (
     DEFAULT_MAX_V2_SIZE,
     V1_MAX_SIZE,
@@ -26,6 +25,8 @@ from trio_echo.proxy_protocol import (
     ProxyViolation,
     Transport,
 )
+
+from helpers.proxy import inet, unix, v1, v2
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
