@@ -18,7 +18,14 @@ from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from typing import Any, Final
 
-from .worker import HIST_SIZE, WorkerResult, WorkerSpec, bucket_value, worker_main
+from .worker import (
+    HIST_SIZE,
+    MAX_MESSAGES,
+    WorkerResult,
+    WorkerSpec,
+    bucket_value,
+    worker_main,
+)
 
 __all__ = ["BenchConfig", "BenchReport", "Progress", "format_report", "run_bench", "usable_cpus"]
 
@@ -52,10 +59,15 @@ class BenchConfig:
     workers: int = 0  # 0: one per usable CPU, at most one per connection
     verify: bool = True
     connect_timeout: float = 5.0
+    #: The params of each request (``--params``), instead of a ``size``-byte payload;
+    #: results are then not checked, only errors count.
+    params: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if self.params is not None and self.mode == "raw":
+            raise ValueError("--params is for framed and mprpc mode (raw echo has no methods)")
         if self.connections < 1 or self.pipeline < 1:
             raise ValueError("connections and pipeline must be at least 1")
         if self.size < (1 if self.mode == "raw" else 0):
@@ -92,6 +104,8 @@ class BenchReport:
     latency_us: dict[str, float] = field(default_factory=dict)
     errors: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    #: The first few distinct errors with their messages: ``{"code", "message"}`` maps.
+    error_messages: list[dict[str, str]] = field(default_factory=list)
     connections_open: int = 0
     client_cpu_pct: float = 0.0
     worker_cpu_pct: list[float] = field(default_factory=list)
@@ -153,6 +167,7 @@ def run_bench(
             cfg.warmup,
             cfg.duration,
             cfg.connect_timeout,
+            cfg.params,
         )
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=worker_main, args=(spec, theirs), daemon=True)
@@ -270,11 +285,16 @@ def _merge(report: BenchReport, results: list[WorkerResult], errors: dict[str, i
         lat_sum += r.lat_sum_ns
         lat_max = max(lat_max, r.lat_max_ns)
         _add(errors, r.errors)
+        for code, message in r.messages:
+            entry = {"code": code, "message": message}
+            if len(report.error_messages) < MAX_MESSAGES and entry not in report.error_messages:
+                report.error_messages.append(entry)
         report.connections_open += r.connections_open
     windows = [r.window_s for r in results if r.window_s > 0]
     report.duration_s = round(max(windows), 3) if windows else 0.0
     report.req_per_s = round(rate, 1)
-    size = 0 if cfg.method == "ping" and cfg.mode != "raw" else cfg.size
+    no_payload = cfg.mode != "raw" and (cfg.method == "ping" or cfg.params is not None)
+    size = 0 if no_payload else cfg.size
     report.mb_per_s = round(rate * size / 1e6, 3)
     report.errors_by_code = dict(sorted(errors.items()))
     report.errors = sum(errors.values())
@@ -310,18 +330,25 @@ def _fmt_us(us: float) -> str:
     return f"{us:.0f} us" if us >= 100 else f"{us:.1f} us"
 
 
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_report(r: BenchReport) -> str:
     """The human-readable report."""
     cfg = r.config
     what = "raw echo" if cfg.mode == "raw" else f"{cfg.mode} {cfg.method}"
+    size = f"{cfg.size} B" if cfg.params is None else f"params {_short_repr(list(cfg.params))}"
     lines = [
         f"trio-echo bench: {what} on {cfg.host}:{cfg.port}, {cfg.connections} connections"
-        f" x {cfg.pipeline} in flight, {cfg.size} B, {r.workers} worker(s)",
+        f" x {cfg.pipeline} in flight, {size}, {r.workers} worker(s)",
         f"  duration    {r.duration_s:.2f} s measured after {cfg.warmup:g} s warm-up"
         + ("  (interrupted)" if r.interrupted else ""),
         f"  requests    {r.requests:,}  =  {r.req_per_s:,.0f} req/s",
-        f"  throughput  {r.mb_per_s:,.2f} MB/s of payload (each way)",
     ]
+    if cfg.params is None:
+        lines.append(f"  throughput  {r.mb_per_s:,.2f} MB/s of payload (each way)")
     if r.latency_us:
         lat = r.latency_us
         lines.append(
@@ -337,6 +364,7 @@ def format_report(r: BenchReport) -> str:
     if r.errors:
         codes = ", ".join(f"{k} {v:,}" for k, v in r.errors_by_code.items())
         lines.append(f"  errors      {r.errors:,}: {codes}")
+        lines.extend(f"              {e['code']}: {e['message']}" for e in r.error_messages)
     else:
         lines.append("  errors      0")
     cpus = " ".join(f"{c:.0f}%" for c in r.worker_cpu_pct)

@@ -16,6 +16,14 @@ The parent talks to a worker over a :mod:`multiprocessing` pipe::
     worker -> parent  ("done", WorkerResult dict)
 
 A worker ends by itself at ``start + warmup + duration`` whatever the parent does.
+
+Errors are counted by code, and the first few distinct messages are kept
+(the server's own, or what the worker saw), so that a report can say why. A
+framed connection reads the server's hello before the clock starts, so a
+request larger than the server's ``max_frame`` is counted once per
+connection as ``frame_too_large`` and never sent. A connection the server
+closes after an error notice (``frame_too_large`` on a msgpack-rpc stream,
+say) is counted under the notice's code only, not as ``connection_lost``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ import msgpack
 
 from ..wire import MAX_MSGID, PREAMBLE, packb
 
+__all__ = ["FramedReader", "Worker", "WorkerResult", "WorkerSpec", "worker_main"]
+
 #: Seconds between two progress messages to the parent.
 PROGRESS_INTERVAL: Final = 0.25
 #: Bytes asked of one ``recv``.
@@ -46,6 +56,11 @@ RECV_SIZE: Final = 256 * 1024
 #: two is split in 2**(SUB_BITS - 1) buckets (1.6 % wide at SUB_BITS = 7).
 SUB_BITS: Final = 7
 HIST_SIZE: Final = 64 << (SUB_BITS - 1)
+#: Distinct error messages a worker keeps, and how much of each.
+MAX_MESSAGES: Final = 5
+MAX_MESSAGE_CHARS: Final = 200
+#: A first frame longer than this is not a hello (a raw echo server sends the preamble back).
+MAX_HELLO_BYTES: Final = 64 * 1024
 
 _IN: Final = select.POLLIN
 _OUT: Final = select.POLLOUT
@@ -88,6 +103,8 @@ class WorkerSpec:
     warmup: float
     duration: float
     connect_timeout: float = 5.0
+    #: The request's params (``--params``); None sends the payload (or nothing to ``ping``).
+    params: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -101,6 +118,8 @@ class WorkerResult:
     lat_max_ns: int = 0
     hist: dict[int, int] = field(default_factory=dict)  # bucket -> count (sparse)
     errors: dict[str, int] = field(default_factory=dict)
+    #: The first few distinct ``[code, message]`` pairs, in the order seen.
+    messages: list[list[str]] = field(default_factory=list)
     connections_open: int = 0
 
 
@@ -108,7 +127,8 @@ class _Conn:
     """One client connection's state."""
 
     __slots__ = (
-        "alive", "done", "fd", "feed", "inflight", "next_id", "out", "pending", "rx", "sent", "sock"
+        "alive", "done", "fd", "feed", "inflight", "next_id", "notice", "out", "pending", "rx",
+        "sent", "sock",
     )  # fmt: skip
 
     def __init__(self, sock: socket.socket) -> None:
@@ -124,6 +144,7 @@ class _Conn:
         self.pending = 0
         self.rx = 0  # raw: bytes received
         self.done = 0  # raw: messages completed
+        self.notice = False  # the server sent an error notice: it explains a close
 
 
 def _mprpc_feed() -> Callable[[bytes], Iterable[Any]]:
@@ -209,6 +230,7 @@ class Worker:
         self.res = WorkerResult()
         self.hist = [0] * HIST_SIZE
         self.errors: collections.Counter[str] = collections.Counter()
+        self.messages: dict[tuple[str, str], None] = {}  # an ordered set
         self.completed = 0  # successful completions, warm-up included (for progress)
         self.conns: dict[int, _Conn] = {}
         self.alive = 0  # connections still open; the worker stops early at 0
@@ -224,11 +246,19 @@ class Worker:
             self.raw_batches: dict[int, bytes] = {}
             self.expected: Any = None
         else:
-            params: list[Any] = [] if spec.method == "ping" else [self.payload]
-            self.expected = "pong" if spec.method == "ping" else self.payload
+            params: list[Any]
+            if spec.params is not None:
+                params = list(spec.params)
+                self.expected = None  # any result will do: only errors count
+            else:
+                params = [] if spec.method == "ping" else [self.payload]
+                self.expected = "pong" if spec.method == "ping" else self.payload
+            self.check = spec.verify and spec.params is None
             # [0, msgid, method, params] with msgid always a uint32 (0xce + 4 bytes).
             tail = packb(spec.method) + packb(params)
             head = b"\x94\x00\xce"
+            #: The encoded size of one request (the frame body in framed mode).
+            self.request_size = len(head) + 4 + len(tail)
             if spec.mode == "framed":
                 head = (len(head) + 4 + len(tail)).to_bytes(4, "big") + head
             # packers[k] builds k requests back to back in one call from the
@@ -251,19 +281,68 @@ class Worker:
         for _ in range(spec.connections):
             try:
                 sock = socket.create_connection((spec.host, spec.port), spec.connect_timeout)
-            except OSError:
-                self.errors["connect_failed"] += 1
+            except OSError as exc:
+                self._error("connect_failed", _describe_os_error(exc))
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setblocking(False)
             c = _Conn(sock)
             if spec.mode == "framed":
                 c.feed = FramedReader().feed
+                if not self._hello(c):
+                    sock.close()
+                    continue
             elif spec.mode == "mprpc":
                 c.feed = _mprpc_feed()
+            sock.setblocking(False)
             self.conns[c.fd] = c
             self.alive += 1
             self.poller.register(c.fd, _IN)
+
+    def _hello(self, c: _Conn) -> bool:
+        """Send the preamble and read the server's hello (blocking); False to drop ``c``.
+
+        A request larger than the ``max_frame`` the hello announces would only
+        get the connection closed: it is counted once, here, and never sent.
+        """
+        assert c.feed is not None
+        first: list[Any] = []
+        try:
+            c.sock.sendall(PREAMBLE)
+            while not first:
+                data = c.sock.recv(RECV_SIZE)
+                if not data:
+                    self._error("connection_lost", "the server closed before its hello")
+                    return False
+                if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_HELLO_BYTES:
+                    raise ValueError("no hello: not a trio_echo framed server")
+                first = list(c.feed(data))
+        except TimeoutError:
+            self._error("connect_failed", f"no hello within {self.spec.connect_timeout:g} s")
+            return False
+        except OSError as exc:
+            self._error("connection_lost", _describe_os_error(exc))
+            return False
+        except ValueError as exc:
+            self._error("bad_message", str(exc))
+            return False
+        msg = first[0]
+        if type(msg) is list and len(msg) == 3 and msg[:2] == [2, "error"]:
+            self._other_message(msg, c)  # refused: overloaded, unsupported_version
+            return False
+        if not (type(msg) is list and len(msg) == 3 and msg[:2] == [2, "hello"]):
+            self._error("bad_message", f"expected the server's hello, got {_short(repr(msg))}")
+            return False
+        info = msg[2][0] if type(msg[2]) is list and msg[2] else None
+        max_frame = info.get("max_frame") if type(info) is dict else None
+        body = self.request_size - 4  # the frame header is not part of the body
+        if type(max_frame) is int and body > max_frame:
+            self._error(
+                "frame_too_large",
+                f"a request of {body:,} bytes exceeds the server's max_frame ({max_frame:,});"
+                " not sent",
+            )
+            return False
+        return True
 
     # --- the loop ----------------------------------------------------------------
 
@@ -284,8 +363,6 @@ class Worker:
         now = mono_ns()
         raw = spec.mode == "raw"
         for c in list(self.conns.values()):
-            if spec.mode == "framed":
-                self._send(c, PREAMBLE)
             if raw:
                 self._refill_raw(c, now)
             else:
@@ -327,6 +404,7 @@ class Worker:
             res.cpu_s = time.process_time() - cpu0
         res.hist = {i: n for i, n in enumerate(self.hist) if n}
         res.errors = dict(self.errors)
+        res.messages = [list(pair) for pair in self.messages]
         res.connections_open = sum(1 for c in conns.values() if c.alive)
         for c in conns.values():
             c.sock.close()
@@ -334,13 +412,40 @@ class Worker:
 
     # --- I/O helpers -------------------------------------------------------------
 
-    def _lose(self, c: _Conn, why: str = "connection_lost") -> None:
-        if c.alive:
-            c.alive = False
-            self.alive -= 1
-            self.errors[why] += 1
-            with contextlib.suppress(OSError, KeyError, ValueError):
-                self.poller.unregister(c.fd)
+    def _error(self, code: str, message: str | None = None) -> None:
+        """Count an error; keep its message if it is among the first few distinct ones."""
+        self.errors[code] += 1
+        if message is not None and len(self.messages) < MAX_MESSAGES:
+            self.messages.setdefault((code, _short(message)), None)
+
+    def _lose(self, c: _Conn, why: str = "connection_lost", detail: str | None = None) -> None:
+        if not c.alive:
+            return
+        c.alive = False
+        self.alive -= 1
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            self.poller.unregister(c.fd)
+        if why == "connection_lost" and c.feed is not None:
+            # Read what the server sent before it closed: an error notice
+            # (frame_too_large, ...) says why, and is what gets counted.
+            self._drain(c)
+            if c.notice:
+                return
+        self._error(why, detail)
+
+    def _drain(self, c: _Conn) -> None:
+        """Handle what is left to read on a connection that is over (bounded)."""
+        for _ in range(64):
+            try:
+                data = c.sock.recv(RECV_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                self._rpc_messages(c, data, 0, False)
+            except Exception:
+                return
 
     def _send(self, c: _Conn, data: bytes) -> None:
         if c.out:
@@ -350,8 +455,8 @@ class Worker:
             n = c.sock.send(data)
         except (BlockingIOError, InterruptedError):
             n = 0
-        except OSError:
-            self._lose(c)
+        except OSError as exc:
+            self._lose(c, detail=_describe_os_error(exc))
             return
         if n < len(data):
             c.out += memoryview(data)[n:]
@@ -364,8 +469,8 @@ class Worker:
             n = c.sock.send(c.out)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            self._lose(c)
+        except OSError as exc:
+            self._lose(c, detail=_describe_os_error(exc))
             return
         del c.out[:n]
         if not c.out:
@@ -376,11 +481,11 @@ class Worker:
             data = c.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError:
-            self._lose(c)
+        except OSError as exc:
+            self._lose(c, detail=_describe_os_error(exc))
             return None
         if not data:
-            self._lose(c)
+            self._lose(c, detail="the server closed the connection")
             return None
         return data
 
@@ -407,32 +512,36 @@ class Worker:
         data = self._recv(c)
         if data is None:
             return
+        try:
+            self._rpc_messages(c, data, now, measuring)
+        except Exception as exc:  # undecodable stream: it cannot be resynchronised
+            self._lose(c, "bad_message", str(exc) or type(exc).__name__)
+            return
+        if now < self.t_end:
+            self._refill_rpc(c, now)
+
+    def _rpc_messages(self, c: _Conn, data: bytes, now: int, measuring: bool) -> None:
+        """Match the responses in ``data`` to their requests; count errors and completions."""
         assert c.feed is not None
         pop = c.inflight.pop
         expected = self.expected
-        verify = self.spec.verify
-        errors = self.errors
+        check = self.check
         sent_times: list[int] = []
         keep = sent_times.append
-        try:
-            for msg in c.feed(data):
-                if type(msg) is not list or len(msg) != 4 or msg[0] != 1:
-                    self._other_message(msg)
-                    continue
-                _, msgid, err, result = msg
-                sent = pop(msgid, None)
-                if sent is None:
-                    errors["unknown_msgid"] += 1
-                elif err is not None:
-                    code = err.get("code") if type(err) is dict else None
-                    errors[code if type(code) is str else "error"] += 1
-                elif verify and result != expected:
-                    errors["wrong_result"] += 1
-                else:
-                    keep(sent)
-        except Exception:  # undecodable stream: it cannot be resynchronised
-            self._lose(c, "bad_message")
-            return
+        for msg in c.feed(data):
+            if type(msg) is not list or len(msg) != 4 or msg[0] != 1:
+                self._other_message(msg, c)
+                continue
+            _, msgid, err, result = msg
+            sent = pop(msgid, None)
+            if sent is None:
+                self._error("unknown_msgid", f"a response to msgid {msgid!r}, not in flight")
+            elif err is not None:
+                self._server_error(err)
+            elif check and result != expected:
+                self._error("wrong_result", f"got {_short(repr(result))}")
+            else:
+                keep(sent)
         if sent_times:
             self.completed += len(sent_times)
             if measuring and now < self.t_end:
@@ -442,8 +551,6 @@ class Worker:
                     self._record(now, [(first, len(sent_times))])
                 else:
                     self._record(now, list(collections.Counter(sent_times).items()))
-        if now < self.t_end:
-            self._refill_rpc(c, now)
 
     def _record(self, now: int, groups: list[tuple[int, int]]) -> None:
         """Count completions inside the measured window: (send time, how many) pairs."""
@@ -457,17 +564,24 @@ class Worker:
             if lat > res.lat_max_ns:
                 res.lat_max_ns = lat
 
-    def _other_message(self, msg: Any) -> None:
+    def _server_error(self, err: Any) -> None:
+        """Count an error response's (or notice's) code, keeping its message."""
+        if type(err) is dict:
+            code, message = err.get("code"), err.get("message")
+            self._error(code if type(code) is str else "error", str(message))
+        else:  # a plain msgpack-rpc peer's bare error object
+            self._error("error", repr(err))
+
+    def _other_message(self, msg: Any, c: _Conn) -> None:
         """Anything but a response: notifications are skipped, error notices counted."""
         if type(msg) is list and len(msg) == 3 and msg[0] == 2:
             if msg[1] == "error":
                 params = msg[2]
-                err = params[0] if type(params) is list and params else None
-                code = err.get("code") if type(err) is dict else None
-                self.errors[code if type(code) is str else "error"] += 1
+                self._server_error(params[0] if type(params) is list and params else None)
+                c.notice = True
             return
         # A frame that is not valid msgpack (a ProtocolViolation) or not a message.
-        self.errors["bad_message"] += 1
+        self._error("bad_message", f"not a message: {_short(repr(msg))}")
 
     # --- raw echo ----------------------------------------------------------------
 
@@ -491,12 +605,12 @@ class Worker:
         if self.spec.verify:
             off = c.rx % size
             if data != self.pattern[off : off + n]:
-                self.errors["wrong_result"] += 1
+                self._error("wrong_result", "the bytes echoed differ from those sent")
         c.rx += n
         k = c.rx // size - c.done
         if k > c.pending:
-            self.errors["unexpected_data"] += 1
-            self._lose(c, "bad_message")
+            self._error("unexpected_data", "more bytes came back than were sent")
+            self._lose(c, "bad_message", "unexpected data")
             return
         if k:
             c.done += k
@@ -516,6 +630,16 @@ class Worker:
                 self._record(now, groups)
             if now < self.t_end:
                 self._refill_raw(c, now)
+
+
+def _short(text: str) -> str:
+    """``text`` on one line and at most MAX_MESSAGE_CHARS long."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def worker_main(spec: WorkerSpec, ctrl: Pipe) -> None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from ..bench.runner import BenchConfig, Progress, format_report, run_bench
+from .call import from_json, to_json
 
 
 def configure(sub: Any) -> None:
@@ -47,7 +48,16 @@ def configure(sub: Any) -> None:
         "--method",
         default="echo",
         help="method called with the payload as its one argument, whose result must equal it"
-        " (`ping` is called with no argument and must answer 'pong'); see --no-verify",
+        " (`ping` is called with no argument and must answer 'pong'); see --params and"
+        " --no-verify",
+    )
+    p.add_argument(
+        "--params",
+        type=_params,
+        metavar="JSON",
+        help="the arguments of each call as a JSON array, in the forms `trio-echo call`"
+        ' accepts (bytes as {"$bytes": "<base64>"}), e.g. \'["key", 3]\', instead of the'
+        " --size payload; results are then not checked, only errors count",
     )
     p.add_argument(
         "--workers",
@@ -57,9 +67,9 @@ def configure(sub: Any) -> None:
     )
     p.add_argument(
         "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="do not check results (for methods that do not echo their argument)",
+        action="store_true",
+        help="accept any result: do not check that each one equals the payload (for methods"
+        " that do not echo their argument)",
     )
     p.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds per connection attempt"
@@ -69,6 +79,18 @@ def configure(sub: Any) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(run=run)
+
+
+def _params(text: str) -> tuple[Any, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON array of the arguments, e.g. '[\"key\", 3]', not {text!r}"
+        )
+    return tuple(from_json(value))
 
 
 class _ProgressLine:
@@ -113,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             method=args.method,
             workers=args.workers,
-            verify=args.verify,
+            verify=not args.no_verify,
             connect_timeout=args.connect_timeout,
+            params=args.params,
         )
     except ValueError as exc:
         print(f"trio-echo bench: {exc}", file=sys.stderr)
@@ -126,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.clear()
     if args.json:
-        print(json.dumps(report.to_json()))
+        out = report.to_json()
+        if cfg.params is not None:
+            out["params"] = to_json(list(cfg.params))
+        print(json.dumps(out))
     else:
         print(format_report(report))
     return 0 if report.requests and not report.errors else 1

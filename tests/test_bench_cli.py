@@ -1,0 +1,132 @@
+"""``trio-echo bench`` through the real command: --params, error messages, oversized requests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from server_thread import server_thread
+from test_app_errors import KeyNotFound
+from test_app_errors import kv_service as app_kv_service
+from trio_echo import Service
+
+QUICK = ["--duration", "0.3", "--warmup", "0", "--quiet", "--workers", "1"]
+
+
+def kv_service() -> Service:
+    """test_app_errors's key-value service, and two methods more."""
+    service = app_kv_service()
+    counter = itertools.count()
+
+    @service.method
+    def blen(data: bytes, times: int) -> int:
+        """Annotated: a str or a float would be invalid_params."""
+        return len(data) * times
+
+    @service.method
+    def always_different() -> None:
+        raise KeyNotFound(f"attempt {next(counter)}")
+
+    return service
+
+
+def bench(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_echo", "bench", "--port", str(port), *QUICK, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def bench_json(port: int, *args: str) -> tuple[int, dict[str, Any]]:
+    done = bench(port, "--json", *args)
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def kv_port() -> Any:
+    with server_thread(kv_service()) as srv:
+        yield srv.port
+
+
+@pytest.mark.parametrize("mode", ["framed", "mprpc"])
+def test_params_are_sent_as_trio_echo_call_parses_them(kv_port: int, mode: str) -> None:
+    code, r = bench_json(kv_port, "--mode", mode, "--method", "get", "--params", '["a"]')
+    assert (code, r["errors_by_code"]) == (0, {})
+    assert r["requests"] > 0 and r["params"] == ["a"] and r["method"] == "get"
+    # {"$bytes": ...} is bytes, 3 an int: the handler's annotations accept them.
+    code, r = bench_json(kv_port, "--mode", mode, "--method", "blen",
+                         "--params", '[{"$bytes": "AP8A"}, 3]')  # fmt: skip
+    assert (code, r["errors_by_code"]) == (0, {}), r
+    assert r["requests"] > 0 and r["params"] == [{"$bytes": "AP8A"}, 3]
+
+
+def test_the_report_shows_the_servers_error_messages(kv_port: int) -> None:
+    code, r = bench_json(kv_port, "--method", "get", "--params", '["nope"]', "-c", "2")
+    assert code == 1 and r["requests"] == 0
+    assert set(r["errors_by_code"]) == {"key_not_found"} and r["errors"] > 0
+    assert r["error_messages"] == [{"code": "key_not_found", "message": "no key 'nope'"}]
+    done = bench(kv_port, "--method", "get", "--params", '["nope"]')
+    assert done.returncode == 1
+    assert re.search(r"errors +[\d,]+: key_not_found [\d,]+\n +key_not_found: no key 'nope'\n",
+                     done.stdout), done.stdout  # fmt: skip
+    # Only the first few distinct messages are kept.
+    code, r = bench_json(kv_port, "--method", "always_different", "--params", "[]")
+    assert code == 1 and r["errors_by_code"]["key_not_found"] > 5
+    assert [m["message"] for m in r["error_messages"]] == [f"attempt {i}" for i in range(5)]
+
+
+def test_unknown_method_is_reported_with_its_message(kv_port: int) -> None:
+    code, r = bench_json(kv_port, "--method", "gett")
+    assert code == 1 and set(r["errors_by_code"]) == {"unknown_method"}
+    assert r["error_messages"][0]["message"].startswith("unknown method 'gett'")
+
+
+@pytest.mark.parametrize("mode", ["framed", "mprpc"])
+@pytest.mark.parametrize("size", [5_000_000, 4 * 1024 * 1024])
+def test_an_oversized_request_is_counted_once_as_frame_too_large(mode: str, size: int) -> None:
+    # The server's default max_frame (4 MiB): a 4 MiB payload is over it with the envelope.
+    with server_thread() as srv:
+        code, r = bench_json(srv.port, "--mode", mode, "--size", str(size), "-c", "2")
+    assert code == 1 and r["requests"] == 0
+    assert r["errors_by_code"] == {"frame_too_large": 2}, r
+    [message] = r["error_messages"]
+    assert message["code"] == "frame_too_large"
+    if mode == "framed":  # the hello announced the limit: nothing was sent
+        assert "exceeds the server's max_frame (4,194,304); not sent" in message["message"]
+
+
+def test_params_must_be_a_json_array() -> None:
+    for bad, why in [
+        ('{"a": 1}', "must be a JSON array"),
+        ("nojson", "not JSON"),
+        ("3", "must be a JSON array"),
+    ]:
+        done = bench(1, "--params", bad)
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+    done = bench(1, "--mode", "raw", "--params", "[1]")
+    assert done.returncode == 2
+    assert "--params is for framed and mprpc mode" in done.stderr
+
+
+def test_no_verify_help_reads_the_right_way_round() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_echo", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    match = re.search(r"^  --no-verify(.*?)^  --", done.stdout, re.MULTILINE | re.DOTALL)
+    assert match
+    entry = " ".join(match.group(1).split())
+    assert "default: True" not in entry
+    assert entry.startswith("accept any result") and entry.endswith("(default: False)")
