@@ -32,6 +32,7 @@ from .servers import (
     closes_before_hello,
     free_port,
     memory_server,
+    serve_fails,
     tcp_server,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "framed_peer",
     "free_port",
     "memory_server",
+    "serve_fails",
     "open_fds",
     "proc_status_kib",
     "quiet",

@@ -43,8 +43,27 @@ async def tcp_server(
         nursery.cancel_scope.cancel()
 
 
+def serve_fails(*args: str, pass_fds: tuple[int, ...] = ()) -> tuple[int, str]:
+    """Run ``python -m trio_echo serve ARGS`` expecting it to exit at startup: (code, stderr)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_echo", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        pass_fds=pass_fds,
+    )
+    return result.returncode, result.stderr
+
+
 class ServerProcess:
-    """``python -m trio_echo serve`` in a subprocess on a free port (use as a context manager)."""
+    """``python -m trio_echo serve`` in a subprocess on a free port (use as a context manager).
+
+    ``port=None`` leaves ``--port`` out (for ``--unix`` or ``--fd`` alone; then
+    ``ready`` must match the listening line without a port and ``.port`` is 0).
+    """
 
     def __init__(
         self,
@@ -52,13 +71,23 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         ready: str = r"listening on \S+:(\d+)",
         cwd: str | None = None,
+        port: str | None = "0",
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trio_echo", "serve", "--port", "0", *args],
+            [
+                sys.executable,
+                "-m",
+                "trio_echo",
+                "serve",
+                *(["--port", port] if port else []),
+                *args,
+            ],
             stderr=subprocess.PIPE,
             text=True,
             env=env,
             cwd=cwd,
+            pass_fds=pass_fds,
         )
         self.log: list[str] = []
         self.port = self._wait_for_port(ready)
@@ -77,7 +106,7 @@ class ServerProcess:
             self.log.append(line)
             match = re.search(ready, line)
             if match:
-                return int(match.group(1))
+                return int(match.group(1)) if match.groups() else 0
         raise RuntimeError("server exited before listening:\n" + "".join(self.log))
 
     def stop(self, sig: int | None = None, timeout: float = 30) -> int:

@@ -8,12 +8,23 @@ import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from .. import wire
+from .. import tls, wire
+from ..server.listeners import (
+    ListenerError,
+    UnixSocketFile,
+    describe,
+    fd_listener,
+    open_tcp_listeners,
+    open_unix_listener,
+    systemd_fds,
+)
 from ..server.server import Server
 from ..server.service import Service
 
@@ -38,7 +49,48 @@ def configure(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0 = any free port)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"TCP port (0 = any free port); default {DEFAULT_PORT}, unless --unix, --fd "
+        "or socket activation give the listeners (then TCP only if --port is given too)",
+    )
+    p.add_argument(
+        "--unix",
+        metavar="PATH",
+        help="listen on a Unix domain socket at PATH (a stale socket file is replaced)",
+    )
+    p.add_argument(
+        "--unix-mode",
+        type=_octal_mode,
+        default=0o600,
+        metavar="OCTAL",
+        help="permissions of the --unix socket file (default 600)",
+    )
+    p.add_argument(
+        "--fd",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="serve the inherited listening socket N (repeatable); LISTEN_FDS/LISTEN_PID "
+        "(systemd socket activation) are honoured without it",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS only, with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    p.add_argument(
+        "--tls-handshake-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a TLS client that has not finished its handshake by then (0 = never)",
+    )
     p.add_argument(
         "--mode",
         choices=["auto", "framed", "mprpc", "raw"],
@@ -143,6 +195,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be octal permissions such as 600, not {text}"
+        ) from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be octal permissions from 0 to 777, not {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
@@ -174,6 +238,28 @@ def load_app(spec: str) -> Service:
     return obj
 
 
+def ssl_context_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plaintext.
+
+    Raises:
+        ListenerError: the options are incomplete or a file is unusable.
+    """
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ListenerError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ListenerError("--tls-cert and --tls-key go together")
+    if args.proxy_protocol:
+        raise ListenerError(
+            "--proxy-protocol cannot be combined with TLS yet: terminate TLS at the balancer"
+        )
+    try:
+        return tls.server_context(args.tls_cert, args.tls_key, client_ca=args.tls_client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ListenerError(f"cannot load the TLS files: {exc}") from exc
+
+
 def server_from_args(args: argparse.Namespace) -> Server:
     """Build the :class:`Server` that ``args`` describe."""
     service = load_app(args.app) if args.app else None
@@ -189,6 +275,8 @@ def server_from_args(args: argparse.Namespace) -> Server:
         idle_timeout=args.idle_timeout,
         debug=args.debug,
         proxy_protocol=args.proxy_protocol,
+        ssl_context=ssl_context_from_args(args),
+        tls_handshake_timeout=args.tls_handshake_timeout,
     )
 
 
@@ -206,29 +294,58 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         server = server_from_args(args)
+    except ListenerError as exc:
+        print(f"trio-echo serve: {exc}", file=sys.stderr)
+        return 2
     except (ImportError, AttributeError, ValueError) as exc:
         print(f"trio-echo serve: cannot load --app {args.app}: {exc}", file=sys.stderr)
         return 2
     raise_fd_limit(args.max_connections)
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
+        fds = [*systemd_fds(), *args.fd]
+        port = listen_port(args, fds)
         if workers > 1:
             from ..server.supervisor import supervise
 
-            return trio.run(supervise, worker_argv(args), workers, args.host, args.port)
+            return trio.run(
+                functools.partial(
+                    supervise,
+                    worker_argv(args),
+                    workers,
+                    args.host,
+                    port,
+                    unix=args.unix,
+                    unix_mode=args.unix_mode,
+                    fds=fds,
+                )
+            )
         return trio.run(
             functools.partial(
                 serve_until_signalled,
                 server,
                 args.host,
-                args.port,
+                port,
                 reuse_port=args.reuse_port,
                 ready_fd=args.ready_fd,
+                unix=args.unix,
+                unix_mode=args.unix_mode,
+                fds=fds,
             )
         )
+    except ListenerError as exc:
+        print(f"trio-echo serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 1
+
+
+def listen_port(args: argparse.Namespace, fds: list[int]) -> int | None:
+    """The TCP port to bind, or None: without --port, only when no other listener is given."""
+    if args.port is not None:
+        return int(args.port)
+    return None if args.unix or fds else DEFAULT_PORT
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -250,7 +367,7 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
-    """The ``serve`` options of one worker process (port and ready fd excepted)."""
+    """The ``serve`` options of one worker process (listeners and ready fd excepted)."""
     argv = [
         "--host", args.host,
         "--mode", args.mode,
@@ -261,10 +378,14 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         "--idle-timeout", str(args.idle_timeout),
         "--threads", str(args.threads),
         "--grace", str(args.grace),
+        "--tls-handshake-timeout", str(args.tls_handshake_timeout),
         "--log-level", args.log_level,
         "--workers", "1",
         "--reuse-port",
     ]  # fmt: skip
+    for option in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, option) is not None:
+            argv += ["--" + option.replace("_", "-"), getattr(args, option)]
     if args.app:
         argv += ["--app", args.app]
     if args.debug:
@@ -274,17 +395,50 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+async def open_all_listeners(
+    host: str,
+    port: int | None,
+    *,
+    reuse_port: bool = False,
+    unix: str | None = None,
+    unix_mode: int = 0o600,
+    fds: Sequence[int] = (),
+) -> tuple[list[trio.SocketListener], UnixSocketFile | None]:
+    """Every listener the options name: inherited descriptors, the Unix socket, TCP."""
+    listeners = [fd_listener(fd) for fd in fds]
+    unix_file = None
+    try:
+        if unix is not None:
+            listener, unix_file = open_unix_listener(unix, mode=unix_mode)
+            listeners.append(listener)
+        if port is not None:
+            listeners += await open_tcp_listeners(host, port, reuse_port=reuse_port)
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        if unix_file is not None:
+            unix_file.remove()
+        raise
+    return listeners, unix_file
+
+
 async def serve_until_signalled(
     server: Server,
     host: str,
-    port: int,
+    port: int | None,
     *,
     reuse_port: bool = False,
     ready_fd: int | None = None,
+    unix: str | None = None,
+    unix_mode: int = 0o600,
+    fds: Sequence[int] = (),
 ) -> int:
     """Serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
 
-    Returns 0 after a graceful shutdown, 1 after a forced one.
+    Listens on TCP ``host``:``port`` (unless ``port`` is None), on the Unix
+    socket ``unix`` (removed again when the server stops) and on the
+    inherited listening descriptors ``fds``. Returns 0 after a graceful
+    shutdown, 1 after a forced one.
     """
     forced = False
     watched = [signal.SIGINT, signal.SIGTERM]
@@ -294,33 +448,45 @@ async def serve_until_signalled(
         # it on as SIGTERM, so counting both would force a stop at once.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         watched = [signal.SIGTERM]
-    with trio.open_signal_receiver(*watched) as signals:
-        async with trio.open_nursery() as nursery:
+    listeners, unix_file = await open_all_listeners(
+        host, port, reuse_port=reuse_port, unix=unix, unix_mode=unix_mode, fds=fds
+    )
+    try:
+        with trio.open_signal_receiver(*watched) as signals:
+            async with trio.open_nursery() as nursery:
 
-            async def serve_then_stop(
-                task_status: trio.TaskStatus[list[trio.SocketListener]],
-            ) -> None:
-                await server.serve(host, port, reuse_port=reuse_port, task_status=task_status)
-                nursery.cancel_scope.cancel()  # drained: stop watching for signals
+                async def serve_then_stop(
+                    task_status: trio.TaskStatus[list[trio.SocketListener]],
+                ) -> None:
+                    await server.serve_listeners(listeners, task_status=task_status)
+                    nursery.cancel_scope.cancel()  # drained: stop watching for signals
 
-            listeners = await nursery.start(serve_then_stop)
-            addrs = ", ".join(_addr(sock.socket.getsockname()) for sock in listeners)
-            mode = server.mode.value if server.mode else "auto"
-            log.info("trio-echo listening on %s (mode %s, pid %d)", addrs, mode, os.getpid())
-            if ready_fd is not None:
-                # Tell the supervisor (--workers) that this worker accepts connections.
-                os.write(ready_fd, b"1")
-                os.close(ready_fd)
-                nursery.start_soon(_drain_when_orphaned, server)
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if not server.shutting_down:
-                    log.info("%s: shutting down gracefully (again to stop at once)", name)
-                    server.shutdown()
-                else:
-                    log.warning("%s: stopping now", name)
-                    forced = True
-                    nursery.cancel_scope.cancel()
+                await nursery.start(serve_then_stop)
+                mode = server.mode.value if server.mode else "auto"
+                log.info(
+                    "trio-echo listening on %s (mode %s%s, pid %d)",
+                    describe(listeners),
+                    mode,
+                    ", TLS" if server.ssl_context is not None else "",
+                    os.getpid(),
+                )
+                if ready_fd is not None:
+                    # Tell the supervisor (--workers) that this worker accepts connections.
+                    os.write(ready_fd, b"1")
+                    os.close(ready_fd)
+                    nursery.start_soon(_drain_when_orphaned, server)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not server.shutting_down:
+                        log.info("%s: shutting down gracefully (again to stop at once)", name)
+                        server.shutdown()
+                    else:
+                        log.warning("%s: stopping now", name)
+                        forced = True
+                        nursery.cancel_scope.cancel()
+    finally:
+        if unix_file is not None:
+            unix_file.remove()
     log.info("stopped%s", " (forced)" if forced else "")
     return 1 if forced else 0
 
@@ -332,10 +498,3 @@ async def _drain_when_orphaned(server: Server) -> None:
         await trio.sleep(1)
     log.warning("supervisor (pid %d) is gone: shutting down", parent)
     server.shutdown()
-
-
-def _addr(name: Any) -> str:
-    if isinstance(name, tuple):
-        host, port = name[0], name[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(name)

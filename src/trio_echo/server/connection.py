@@ -180,7 +180,8 @@ class ConnectionState:
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    # A TLS connection's socket is its transport's.
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)
     if sock is None:
         return f"<{type(stream).__name__}>"
     try:

@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 import os
-import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -28,9 +28,11 @@ import trio
 from .. import wire
 from .._version import __version__
 from ..wire import ErrorCode, Mode
+from . import tlsconn
 from .builtins import builtin_service
 from .connection import ConnectionState
 from .engine import RECEIVE_SIZE
+from .listeners import open_tcp_listeners as open_listeners
 from .proxy import read_proxy_header
 from .service import HandlerKind, Method, Service
 
@@ -81,6 +83,12 @@ class Server:
             balancer sends it) at the start of every connection, and name the
             client it gives in logs. A connection without a valid header is
             closed. Only for a server that trusted balancers alone can reach.
+        ssl_context: serve TLS only, with this server-side context (for
+            mutual TLS, one with ``verify_mode = CERT_REQUIRED`` and the
+            clients' CA loaded). The handshake counts against
+            ``max_connections``.
+        tls_handshake_timeout: seconds a TLS client may take to finish its
+            handshake before it is closed.
 
     Raises:
         ValueError: a user method's name clashes with a built-in.
@@ -100,9 +108,14 @@ class Server:
         idle_timeout: float = 300.0,
         debug: bool = False,
         proxy_protocol: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float = 10.0,
     ) -> None:
         if max_frame < 1 or max_inflight < 1 or threads < 1:
             raise ValueError("max_frame, max_inflight and threads must be positive")
+        if proxy_protocol and ssl_context is not None:
+            # The header comes in clear before the handshake; not supported (yet).
+            raise ValueError("proxy_protocol cannot be combined with TLS (ssl_context)")
         self.mode = _mode_from_name(mode)
         self.max_frame = max_frame
         self.max_inflight = max_inflight
@@ -112,6 +125,10 @@ class Server:
         self.idle_timeout = idle_timeout
         self.debug = debug
         self.proxy_protocol = proxy_protocol
+        self.ssl_context = ssl_context
+        self.tls_handshake_timeout = tls_handshake_timeout
+        # TLS handshakes under way: they count against max_connections.
+        self._handshaking = 0
         self.limiter = trio.CapacityLimiter(threads)
         registry = builtin_service(self.stats, self.method_list)
         if service is not None:
@@ -143,6 +160,7 @@ class Server:
         self.proxy_rejected = 0
         self.requests_total = 0
         self.notifications_total = 0
+        self.tls_handshake_failures = 0
         self.requests_in_flight = 0
         self.errors: dict[str, int] = {}
         self._bytes_in_closed = 0
@@ -238,6 +256,7 @@ class Server:
             "proxy_rejected": self.proxy_rejected,
             "requests_total": self.requests_total,
             "notifications_total": self.notifications_total,
+            "tls_handshake_failures": self.tls_handshake_failures,
             "requests_in_flight": self.requests_in_flight,
             "errors": dict(self.errors),
             "bytes_in": self._bytes_in_closed + sum(c.bytes_in for c in conns),
@@ -295,14 +314,52 @@ class Server:
                 connections.start_soon(self._handle_accepted, stream)
 
     async def _handle_accepted(self, stream: trio.SocketStream) -> None:
-        if len(self._conns) >= self.max_connections:
+        if len(self._conns) + self._handshaking >= self.max_connections:
             self.connections_rejected += 1
-            await self._reject(stream)
+            # Over TLS the rejection (and its notice) goes through the handshake
+            # too, all within REJECT_SNIFF_S.
+            await self._reject(self._wrap_tls(stream) if self.ssl_context else stream)
             return
         # trio's SocketStream already sets TCP_NODELAY.
-        await self.serve_stream(stream)
+        if self.ssl_context is None:
+            await self.serve_stream(stream)
+            return
+        tls = self._wrap_tls(stream)
+        self._handshaking += 1
+        try:
+            ok = await self._handshake(tls)
+        finally:
+            self._handshaking -= 1
+        if ok and not self._draining:
+            await self.serve_stream(tlsconn.TLSConnection(tls))
+        else:
+            await trio.aclose_forcefully(tls)
 
-    async def _reject(self, stream: trio.SocketStream) -> None:
+    def _wrap_tls(self, stream: trio.SocketStream) -> trio.SSLStream[trio.SocketStream]:
+        assert self.ssl_context is not None
+        return trio.SSLStream(stream, self.ssl_context, server_side=True)
+
+    async def _handshake(self, tls: trio.SSLStream[trio.SocketStream]) -> bool:
+        """Complete a TLS handshake; log a failure once, at info.
+
+        A plaintext client, a client certificate from another CA, or a
+        client that stalls past tls_handshake_timeout is closed here,
+        before any of its bytes reach the connection's sniffing and handlers.
+        """
+        failure = await tlsconn.handshake(tls, self.tls_handshake_timeout)
+        if failure is None:
+            return True
+        self.tls_handshake_failures += 1
+        peer = _peer(tls.transport_stream)
+        log.info(
+            "connection %s: TLS handshake failed: %s",
+            peer,
+            failure,
+            extra={"peer": peer, "event": "tls_handshake_failed"},
+        )
+        return False
+
+    async def _reject(self, stream: trio.abc.Stream) -> None:
         """Over max_connections: tell a framed client why, then close."""
         self.count_error(ErrorCode.OVERLOADED)
         self._rejects_unlogged += 1
@@ -381,34 +438,6 @@ class Server:
                     conn.close_idle()
 
 
-async def open_listeners(
-    host: str | None, port: int, *, reuse_port: bool = False, backlog: int | None = None
-) -> list[trio.SocketListener]:
-    """Open TCP listeners like :func:`trio.open_tcp_listeners`, optionally with SO_REUSEPORT."""
-    if not reuse_port:
-        return await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise OSError(errno.ENOTSUP, "SO_REUSEPORT is not available on this platform")
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    listeners = []
-    for family, type_, proto, _, sockaddr in infos:
-        sock = trio.socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            await sock.bind(sockaddr)
-            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
-        except BaseException:
-            sock.close()
-            raise
-        listeners.append(trio.SocketListener(sock))
-    return listeners
-
-
 async def serve(
     service: Service | None = None,
     host: str | None = "127.0.0.1",
@@ -434,3 +463,13 @@ async def serve_stream(
 ) -> None:
     """Serve one connection over any Trio stream with a fresh :class:`Server`."""
     await Server(service, **options).serve_stream(stream)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "<unknown>"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name) or "unix"

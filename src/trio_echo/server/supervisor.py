@@ -6,6 +6,12 @@ new connections across them, and each tells the supervisor through a pipe
 once it is listening. The supervisor holds the port (bound, not listening)
 for its whole life, which is how ``--port 0`` works with several workers.
 
+A Unix socket cannot be shared with ``SO_REUSEPORT``: the supervisor binds
+it once (and removes it at the end), and passes the listening descriptor to
+every worker (``--fd N``), as it does with descriptors inherited from
+systemd. The workers then all accept on the one socket, and the kernel hands
+each new connection to one of them.
+
 A worker that dies is logged, counted and restarted (with a short backoff
 if it keeps dying). The first SIGINT/SIGTERM is passed on to every worker,
 which drains gracefully; a second one is passed on too, so the workers stop
@@ -14,6 +20,7 @@ at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +31,8 @@ from collections.abc import Sequence
 from typing import Final
 
 import trio
+
+from .listeners import UnixSocketFile, bind_unix_socket, check_listening_fd
 
 __all__ = ["reserve_port", "supervise"]
 
@@ -53,13 +62,63 @@ class _Worker:
         self.early_deaths = 0
 
 
-async def supervise(worker_argv: Sequence[str], count: int, host: str, port: int) -> int:
+async def supervise(
+    worker_argv: Sequence[str],
+    count: int,
+    host: str,
+    port: int | None,
+    *,
+    unix: str | None = None,
+    unix_mode: int = 0o600,
+    fds: Sequence[int] = (),
+) -> int:
     """Run ``count`` workers until a signal; return the exit code.
 
     ``worker_argv`` is the ``trio-echo serve`` command line of one worker,
-    without ``--port`` and ``--ready-fd``, which are added here.
+    without its listeners (``--port``, ``--fd``) and ``--ready-fd``, which
+    are added here. ``port`` None means no TCP listener; ``unix`` is bound
+    here and shared, like the inherited listening descriptors ``fds``.
+
+    Raises:
+        ListenerError: a listener cannot be set up (see :mod:`.listeners`).
     """
-    holder, port = reserve_port(host, port)
+    for fd in fds:
+        check_listening_fd(fd).detach()  # checked only: the workers get it
+    shared = list(fds)
+    unix_sock: socket.socket | None = None
+    unix_file: UnixSocketFile | None = None
+    try:
+        if unix is not None:
+            unix_sock, unix_file = bind_unix_socket(unix, mode=unix_mode)
+            shared.append(unix_sock.fileno())
+        holder: socket.socket | None = None
+        if port is not None:
+            holder, port = reserve_port(host, port)
+        with contextlib.ExitStack() as held:
+            if holder is not None:
+                held.enter_context(holder)
+            where = [f"fd {fd}" for fd in fds]
+            if unix is not None:
+                where.insert(0, f"unix:{unix}")
+            listen_argv = [arg for fd in shared for arg in ("--fd", str(fd))]
+            if port is not None:
+                where.insert(0, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+                listen_argv += ["--port", str(port)]
+            return await _supervise(worker_argv, count, listen_argv, shared, ", ".join(where))
+    finally:
+        if unix_sock is not None:
+            unix_sock.close()
+        if unix_file is not None:
+            unix_file.remove()
+
+
+async def _supervise(
+    worker_argv: Sequence[str],
+    count: int,
+    listen_argv: Sequence[str],
+    shared: Sequence[int],
+    where: str,
+) -> int:
     restarts = 0
     stopping = False
     forced = False
@@ -74,13 +133,12 @@ async def supervise(worker_argv: Sequence[str], count: int, host: str, port: int
                 "trio_echo",
                 "serve",
                 *worker_argv,
-                "--port",
-                str(port),
+                *listen_argv,
                 "--ready-fd",
                 str(write_fd),
             ]
             worker.process = await trio.lowlevel.open_process(
-                argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL
+                argv, pass_fds=(write_fd, *shared), stdin=subprocess.DEVNULL
             )
         finally:
             os.close(write_fd)
@@ -114,15 +172,14 @@ async def supervise(worker_argv: Sequence[str], count: int, host: str, port: int
                 return
             await start(worker)
 
-    with holder, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as starting:
                 for worker in workers:
                     starting.start_soon(start, worker)
             log.info(
-                "trio-echo supervisor listening on %s:%d with %d workers (pid %d)",
-                host,
-                port,
+                "trio-echo supervisor listening on %s with %d workers (pid %d)",
+                where,
                 count,
                 os.getpid(),
             )
