@@ -11,18 +11,29 @@ from typing import Any
 
 import pytest
 
-from server_thread import server_thread
-from test_app_errors import KeyNotFound
-from test_app_errors import kv_service as app_kv_service
+import trio_echo
 from trio_echo import Service
+
+from helpers import server_thread
 
 QUICK = ["--duration", "0.3", "--warmup", "0", "--quiet", "--workers", "1"]
 
 
+class NoSuchKey(trio_echo.RemoteError, code="bench.no_such_key"):
+    """An application error, for the report's messages."""
+
+
 def kv_service() -> Service:
-    """test_app_errors's key-value service, and two methods more."""
-    service = app_kv_service()
+    service = Service()
     counter = itertools.count()
+    known = {"a": 1}
+
+    @service.method
+    def get(key: str) -> int:
+        value = known.get(key)
+        if value is None:
+            raise NoSuchKey(f"no key {key!r}")
+        return value
 
     @service.method
     def blen(data: bytes, times: int) -> int:
@@ -31,7 +42,7 @@ def kv_service() -> Service:
 
     @service.method
     def always_different() -> None:
-        raise KeyNotFound(f"attempt {next(counter)}")
+        raise NoSuchKey(f"attempt {next(counter)}")
 
     return service
 
@@ -72,15 +83,15 @@ def test_params_are_sent_as_trio_echo_call_parses_them(kv_port: int, mode: str) 
 def test_the_report_shows_the_servers_error_messages(kv_port: int) -> None:
     code, r = bench_json(kv_port, "--method", "get", "--params", '["nope"]', "-c", "2")
     assert code == 1 and r["requests"] == 0
-    assert set(r["errors_by_code"]) == {"key_not_found"} and r["errors"] > 0
-    assert r["error_messages"] == [{"code": "key_not_found", "message": "no key 'nope'"}]
+    assert set(r["errors_by_code"]) == {"bench.no_such_key"} and r["errors"] > 0
+    assert r["error_messages"] == [{"code": "bench.no_such_key", "message": "no key 'nope'"}]
     done = bench(kv_port, "--method", "get", "--params", '["nope"]')
     assert done.returncode == 1
-    assert re.search(r"errors +[\d,]+: key_not_found [\d,]+\n +key_not_found: no key 'nope'\n",
-                     done.stdout), done.stdout  # fmt: skip
+    shown = r"errors +[\d,]+: bench.no_such_key [\d,]+\n +bench.no_such_key: no key 'nope'\n"
+    assert re.search(shown, done.stdout), done.stdout
     # Only the first few distinct messages are kept.
     code, r = bench_json(kv_port, "--method", "always_different", "--params", "[]")
-    assert code == 1 and r["errors_by_code"]["key_not_found"] > 5
+    assert code == 1 and r["errors_by_code"]["bench.no_such_key"] > 5
     assert [m["message"] for m in r["error_messages"]] == [f"attempt {i}" for i in range(5)]
 
 
