@@ -6,7 +6,8 @@ from each other. The modules: :mod:`.peers` (bare protocol peers),
 subprocess), :mod:`.server_thread` (a server in a background thread, for
 clients that are not Trio tasks), :mod:`.gate` (methods that wait for the
 test), :mod:`.codec` (comparing and encoding events), :mod:`.faults`
-(polling, resets, logs, process memory), :mod:`.proxy` (PROXY protocol headers).
+(polling, resets, logs, process memory), :mod:`.proxy` (PROXY protocol headers),
+:mod:`.haproxy` (a real HAProxy in front of trio_echo servers).
 """
 
 from __future__ import annotations
