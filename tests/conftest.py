@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import Gate, ServerThread, server_thread
+from helpers import Gate, Pki, ServerThread, make_pki, server_thread
 
 
 @pytest.fixture
@@ -20,3 +20,9 @@ def srv(gate: Gate) -> Iterator[ServerThread]:
     """A real server on a loopback port, in a background thread, serving ``gate.service``."""
     with server_thread(gate.service) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Test certificates from trustme (:class:`helpers.Pki`), issued once per run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -13,8 +13,10 @@ from ._version import __version__ as __version__
 from .client.async_client import Client as Client
 from .client.async_client import open_client as open_client
 from .client.async_client import open_client_over_stream as open_client_over_stream
+from .client.async_client import open_unix_client as open_unix_client
 from .client.blocking import BlockingClient as BlockingClient
 from .client.blocking import connect as connect
+from .client.blocking import connect_unix as connect_unix
 from .errors import ConnectionClosed as ConnectionClosed
 from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import FrameTooLarge as FrameTooLarge
@@ -44,8 +46,10 @@ __all__ = [
     "BlockingClient",
     "Client",
     "connect",
+    "connect_unix",
     "open_client",
     "open_client_over_stream",
+    "open_unix_client",
     # errors
     "ConnectionClosed",
     "DeadlineExceeded",

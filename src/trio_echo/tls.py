@@ -7,8 +7,9 @@ served exactly as a plaintext one (protocol.md, section 1).
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["TLSOptions", "client_context", "server_context"]
 
 
 def server_context(certfile: str, keyfile: str, *, client_ca: str | None = None) -> ssl.SSLContext:
@@ -47,3 +48,18 @@ def client_context(
     if certfile is not None:
         ctx.load_cert_chain(certfile, keyfile)
     return ctx
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """A client's TLS settings as file names (picklable, unlike an ``SSLContext``)."""
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: The name the server's certificate must carry (None: the host connected to).
+    server_hostname: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The :func:`client_context` for these files."""
+        return client_context(cafile=self.cafile, certfile=self.certfile, keyfile=self.keyfile)

@@ -7,7 +7,8 @@ subprocess), :mod:`.server_thread` (a server in a background thread, for
 clients that are not Trio tasks), :mod:`.gate` (methods that wait for the
 test), :mod:`.codec` (comparing and encoding events), :mod:`.faults`
 (polling, resets, logs, process memory), :mod:`.proxy` (PROXY protocol headers),
-:mod:`.haproxy` (a real HAProxy in front of trio_echo servers).
+:mod:`.haproxy` (a real HAProxy in front of trio_echo servers), :mod:`.tls` (test
+certificates).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .servers import (
     serve_fails,
     tcp_server,
 )
+from .tls import Pki, make_pki
 
 #: The repository's root folder.
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +46,7 @@ __all__ = [
     "EXCEPTIONS",
     "ROOT",
     "Gate",
+    "Pki",
     "Peer",
     "ServerProcess",
     "ServerThread",
@@ -55,6 +58,7 @@ __all__ = [
     "eventually",
     "framed_peer",
     "free_port",
+    "make_pki",
     "memory_server",
     "serve_fails",
     "open_fds",

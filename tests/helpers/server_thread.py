@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from trio_echo import Server, Service
+from trio_echo.server.listeners import open_unix_listener
 
 T = TypeVar("T")
 
@@ -48,8 +49,13 @@ class ServerThread:
 
 
 @contextmanager
-def server_thread(service: Service | None = None, **options: Any) -> Iterator[ServerThread]:
-    """Serve on a free loopback port in a background thread; stop it on exit."""
+def server_thread(
+    service: Service | None = None, *, unix: str | None = None, **options: Any
+) -> Iterator[ServerThread]:
+    """Serve on a free loopback port (or the Unix socket ``unix``) in a background thread.
+
+    The server stops on exit. With ``unix``, ``.port`` is 0.
+    """
     started: queue.Queue[ServerThread | BaseException] = queue.Queue()
     server = Server(service, **options)
 
@@ -57,8 +63,13 @@ def server_thread(service: Service | None = None, **options: Any) -> Iterator[Se
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    listeners = await nursery.start(server.serve, "127.0.0.1", 0)
-                    port = listeners[0].socket.getsockname()[1]
+                    if unix is None:
+                        listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+                        port = listeners[0].socket.getsockname()[1]
+                    else:
+                        listener, _ = open_unix_listener(unix)
+                        await nursery.start(server.serve_listeners, [listener])
+                        port = 0
                     token = trio.lowlevel.current_trio_token()
                     started.put(ServerThread(server, port, token, scope))
         except BaseException as exc:  # pragma: no cover - reported to the test

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from typing import Any, Final
 
+from ..tls import TLSOptions
 from .worker import (
     HIST_SIZE,
     MAX_MESSAGES,
@@ -62,6 +63,10 @@ class BenchConfig:
     #: The params of each request (``--params``), instead of a ``size``-byte payload;
     #: results are then not checked, only errors count.
     params: tuple[Any, ...] | None = None
+    #: A Unix socket to connect to instead of host:port.
+    unix: str | None = None
+    #: Speak TLS with these files (None: plaintext).
+    tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -117,6 +122,7 @@ class BenchReport:
         """A JSON-ready dict: the options, then the measurements."""
         out = asdict(self)
         cfg = out.pop("config")
+        out["tls"] = self.config.tls is not None
         return {
             **{
                 k: cfg[k]
@@ -124,6 +130,7 @@ class BenchReport:
                     "mode",
                     "host",
                     "port",
+                    "unix",
                     "method",
                     "connections",
                     "pipeline",
@@ -168,6 +175,8 @@ def run_bench(
             cfg.duration,
             cfg.connect_timeout,
             cfg.params,
+            cfg.unix,
+            cfg.tls,
         )
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=worker_main, args=(spec, theirs), daemon=True)
@@ -335,13 +344,18 @@ def _short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _where(cfg: BenchConfig) -> str:
+    where = f"unix:{cfg.unix}" if cfg.unix else f"{cfg.host}:{cfg.port}"
+    return where + (" (TLS)" if cfg.tls is not None else "")
+
+
 def format_report(r: BenchReport) -> str:
     """The human-readable report."""
     cfg = r.config
     what = "raw echo" if cfg.mode == "raw" else f"{cfg.mode} {cfg.method}"
     size = f"{cfg.size} B" if cfg.params is None else f"params {_short_repr(list(cfg.params))}"
     lines = [
-        f"trio-echo bench: {what} on {cfg.host}:{cfg.port}, {cfg.connections} connections"
+        f"trio-echo bench: {what} on {_where(cfg)}, {cfg.connections} connections"
         f" x {cfg.pipeline} in flight, {size}, {r.workers} worker(s)",
         f"  duration    {r.duration_s:.2f} s measured after {cfg.warmup:g} s warm-up"
         + ("  (interrupted)" if r.interrupted else ""),

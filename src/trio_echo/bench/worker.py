@@ -35,6 +35,7 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from typing import Any, Final
 
 import msgpack
 
+from ..tls import TLSOptions
 from ..wire import MAX_MSGID, PREAMBLE, packb
 
 __all__ = ["FramedReader", "Worker", "WorkerResult", "WorkerSpec", "worker_main"]
@@ -88,6 +90,15 @@ def payload_bytes(size: int) -> bytes:
     return (pattern * (size // len(pattern) + 1))[:size]
 
 
+#: What a non-blocking socket raises when it must wait (TLS: for a whole record, or for room).
+_WOULD_BLOCK: Final = (
+    BlockingIOError,
+    InterruptedError,
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+)
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What one worker does (picklable, so ``spawn`` works too)."""
@@ -105,6 +116,10 @@ class WorkerSpec:
     connect_timeout: float = 5.0
     #: The request's params (``--params``); None sends the payload (or nothing to ``ping``).
     params: tuple[Any, ...] | None = None
+    #: Connect to this Unix socket instead of host:port.
+    unix: str | None = None
+    #: Speak TLS (a non-blocking ``ssl.SSLSocket`` per connection; one thread, so that is safe).
+    tls: TLSOptions | None = None
 
 
 @dataclass
@@ -227,6 +242,7 @@ class Worker:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
+        self.tls = spec.tls is not None
         self.res = WorkerResult()
         self.hist = [0] * HIST_SIZE
         self.errors: collections.Counter[str] = collections.Counter()
@@ -278,13 +294,13 @@ class Worker:
                 resource.setrlimit(
                     resource.RLIMIT_NOFILE, (min(hard, spec.connections + 1024), hard)
                 )
+        tls_ctx = spec.tls.context() if spec.tls is not None else None
         for _ in range(spec.connections):
             try:
-                sock = socket.create_connection((spec.host, spec.port), spec.connect_timeout)
+                sock = self._open_socket(tls_ctx)
             except OSError as exc:
                 self._error("connect_failed", _describe_os_error(exc))
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c = _Conn(sock)
             if spec.mode == "framed":
                 c.feed = FramedReader().feed
@@ -297,6 +313,30 @@ class Worker:
             self.conns[c.fd] = c
             self.alive += 1
             self.poller.register(c.fd, _IN)
+
+    def _open_socket(self, tls_ctx: ssl.SSLContext | None) -> socket.socket:
+        """A connected socket (blocking, with the connect timeout), after the TLS handshake."""
+        spec = self.spec
+        if spec.unix is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(spec.connect_timeout)
+                sock.connect(spec.unix)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((spec.host, spec.port), spec.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls_ctx is None:
+            return sock
+        assert spec.tls is not None
+        name = spec.tls.server_hostname or (None if spec.unix else spec.host)
+        try:
+            return tls_ctx.wrap_socket(sock, server_hostname=name)
+        except BaseException:
+            sock.close()
+            raise
 
     def _hello(self, c: _Conn) -> bool:
         """Send the preamble and read the server's hello (blocking); False to drop ``c``.
@@ -453,7 +493,7 @@ class Worker:
             return
         try:
             n = c.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             n = 0
         except OSError as exc:
             self._lose(c, detail=_describe_os_error(exc))
@@ -467,7 +507,7 @@ class Worker:
             return
         try:
             n = c.sock.send(c.out)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self._lose(c, detail=_describe_os_error(exc))
@@ -479,7 +519,12 @@ class Worker:
     def _recv(self, c: _Conn) -> bytes | None:
         try:
             data = c.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            if self.tls:
+                # One recv decrypts one TLS record; take what else OpenSSL holds
+                # now, since epoll only knows about the bytes still in the kernel.
+                while data and c.sock.pending():  # type: ignore[attr-defined]
+                    data += c.sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
             return None
         except OSError as exc:
             self._lose(c, detail=_describe_os_error(exc))

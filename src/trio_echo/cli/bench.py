@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ..bench.runner import BenchConfig, Progress, format_report, run_bench
 from .call import from_json, to_json
+from .client_options import add_transport_args, tls_options
 
 
 def configure(sub: Any) -> None:
@@ -74,6 +75,7 @@ def configure(sub: Any) -> None:
     p.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds per connection attempt"
     )
+    add_transport_args(p)
     p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the report"
     )
@@ -138,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             connect_timeout=args.connect_timeout,
             params=args.params,
+            unix=args.unix,
+            tls=tls_options(args),
         )
-    except ValueError as exc:
+        if cfg.tls is not None:
+            cfg.tls.context()  # check the files now, not once per worker
+    except (ValueError, OSError) as exc:
         print(f"trio-echo bench: {exc}", file=sys.stderr)
         return 2
     progress = None if args.quiet else _ProgressLine(sys.stderr)

@@ -23,8 +23,9 @@ from typing import Any
 
 import msgpack
 
-from ..client.blocking import BlockingClient, connect
+from ..client.blocking import BlockingClient, connect, connect_unix
 from ..errors import ConnectionClosed, RemoteError
+from .client_options import add_transport_args, ssl_context_from_args
 from .serve import DEFAULT_PORT
 
 __all__ = ["configure", "from_json", "parse_arg", "to_json"]
@@ -86,6 +87,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="time allowed for connecting and the server's hello (default: %(default)s)",
     )
+    add_transport_args(p)
 
 
 def _positive_float(text: str) -> float:
@@ -183,9 +185,27 @@ def _request(args: argparse.Namespace, fn: Callable[[BlockingClient], Any]) -> t
 
     Failures are reported on stderr in one line, never as a traceback.
     """
-    where = f"{args.host}:{args.port}"
+    where = args.unix or f"{args.host}:{args.port}"
     try:
-        client = connect(args.host, args.port, connect_timeout=args.connect_timeout)
+        ctx = ssl_context_from_args(args)
+    except (ValueError, OSError) as exc:
+        return _fail(EXIT_CONNECTION, f"trio-echo: TLS options: {_one_line(exc)}")
+    try:
+        if args.unix:
+            client = connect_unix(
+                args.unix,
+                connect_timeout=args.connect_timeout,
+                ssl_context=ctx,
+                server_hostname=args.tls_server_name or (args.host if ctx else None),
+            )
+        else:
+            client = connect(
+                args.host,
+                args.port,
+                connect_timeout=args.connect_timeout,
+                ssl_context=ctx,
+                server_hostname=args.tls_server_name,
+            )
     except (OSError, ConnectionClosed) as exc:
         return _fail(EXIT_CONNECTION, f"trio-echo: cannot connect to {where}: {_one_line(exc)}")
     with client:

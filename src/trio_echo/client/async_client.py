@@ -26,8 +26,10 @@ So the body of ``async with open_client(...)`` sees plain exceptions, never an
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -46,7 +48,13 @@ from .core import (
     lost,
 )
 
-__all__ = ["Client", "NotificationHandler", "open_client", "open_client_over_stream"]
+__all__ = [
+    "Client",
+    "NotificationHandler",
+    "open_client",
+    "open_client_over_stream",
+    "open_unix_client",
+]
 
 #: Once this many bytes wait in the outbox, new calls wait for the writer.
 OUTBOX_HIGH_WATER_BYTES: Final = 1024 * 1024
@@ -376,6 +384,8 @@ async def open_client(
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     on_notification: NotificationHandler | None = None,
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a trio_echo server over TCP and yield a :class:`Client`.
 
@@ -389,21 +399,99 @@ async def open_client(
     Args:
         host: the server's host name or address.
         port: the server's port.
-        connect_timeout: seconds allowed for connecting plus the hello
-            (``None`` waits forever).
+        connect_timeout: seconds allowed for connecting, the TLS handshake
+            and the hello (``None`` waits forever).
         on_notification: see :func:`open_client_over_stream`.
         max_frame: the largest frame accepted from the server, in bytes.
+        ssl_context: speak TLS with this client context (for instance
+            ``ssl.create_default_context(cafile=...)``; load a client
+            certificate into it for mutual TLS).
+        server_hostname: the name the server's certificate must carry;
+            ``host`` by default.
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, ...).
+        ssl.SSLError: the TLS handshake failed (``ssl.SSLCertVerificationError``
+            for a certificate that does not verify); a subclass of ``OSError``.
         TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
         ConnectionClosed: the server closed the connection before its hello.
     """
-    client: Client | None = None
-    with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
-        # On a timeout, open_tcp_stream and _started close what they opened.
-        client = await _started(await trio.open_tcp_stream(host, port), on_notification, max_frame)
-    if client is None:
-        raise TimeoutError(f"connecting to {host}:{port} timed out after {connect_timeout:g} s")
+    client = await _connected(
+        functools.partial(trio.open_tcp_stream, host, port),
+        f"{host}:{port}",
+        connect_timeout,
+        ssl_context,
+        server_hostname or host,
+        on_notification,
+        max_frame,
+    )
     async with _run(client):
         yield client
+
+
+@asynccontextmanager
+async def open_unix_client(
+    path: str,
+    *,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    on_notification: NotificationHandler | None = None,
+    max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> AsyncIterator[Client]:
+    """Connect to a trio_echo server on a Unix domain socket and yield a :class:`Client`.
+
+    Like :func:`open_client`; with ``ssl_context``, ``server_hostname`` names
+    the certificate to expect (or the context must not check host names).
+    """
+    client = await _connected(
+        functools.partial(trio.open_unix_socket, path),
+        path,
+        connect_timeout,
+        ssl_context,
+        server_hostname,
+        on_notification,
+        max_frame,
+    )
+    async with _run(client):
+        yield client
+
+
+async def _connected(
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]],
+    where: str,
+    connect_timeout: float | None,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    on_notification: NotificationHandler | None,
+    max_frame: int,
+) -> Client:
+    """Connect, do the TLS handshake if asked, and wait for the hello, within connect_timeout."""
+    client: Client | None = None
+    with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
+        # On a timeout, the opener, _tls and _started close what they opened.
+        stream = await open_stream()
+        if ssl_context is not None:
+            stream = await _tls(stream, ssl_context, server_hostname)
+        client = await _started(stream, on_notification, max_frame)
+    if client is None:
+        raise TimeoutError(f"connecting to {where} timed out after {connect_timeout:g} s")
+    return client
+
+
+async def _tls(
+    stream: trio.abc.Stream, ctx: ssl.SSLContext, server_hostname: str | None
+) -> trio.SSLStream[trio.abc.Stream]:
+    """``stream`` after a TLS handshake; closed, and the ``ssl.SSLError`` raised, if it fails."""
+    tls = trio.SSLStream(stream, ctx, server_hostname=server_hostname)
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc.__cause__, OSError):
+            raise exc.__cause__ from None
+        raise lost("the connection was lost during the TLS handshake", exc) from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return tls

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
@@ -33,8 +35,9 @@ from .core import (
     fresh,
     lost,
 )
+from .tls_socket import TLSSocket
 
-__all__ = ["BlockingClient", "connect"]
+__all__ = ["BlockingClient", "connect", "connect_unix"]
 
 
 class BlockingClient(ClientBase[Future[Any]]):
@@ -46,12 +49,16 @@ class BlockingClient(ClientBase[Future[Any]]):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | TLSSocket,
         *,
         on_notification: NotificationHandler | None = None,
         max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ) -> None:
         """Take over a connected socket whose server has not been spoken to yet.
+
+        ``sock`` may be a :class:`~trio_echo.client.tls_socket.TLSSocket`
+        (then a Ctrl-C during a send closes the connection, since TLS
+        records cannot be sent in part and resumed).
 
         Performs the handshake with the socket's current timeout.
 
@@ -253,6 +260,8 @@ def connect(
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     on_notification: NotificationHandler | None = None,
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> BlockingClient:
     """Connect to a trio_echo server and return a :class:`BlockingClient`.
 
@@ -264,30 +273,87 @@ def connect(
     Args:
         host: the server's host name or address.
         port: the server's port.
-        connect_timeout: seconds allowed for connecting plus the hello
-            (``None`` waits forever).
+        connect_timeout: seconds allowed for connecting, the TLS handshake
+            and the hello (``None`` waits forever).
         on_notification: called as ``on_notification(method, params)`` from
             the reader thread for every server notification except ``hello``.
             It must not block or call the client; if it raises, the
             connection is closed.
         max_frame: the largest frame accepted from the server, in bytes.
+        ssl_context: speak TLS with this client context (load a client
+            certificate into it for mutual TLS).
+        server_hostname: the name the server's certificate must carry;
+            ``host`` by default.
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, ...).
+        ssl.SSLError: the TLS handshake failed (a subclass of ``OSError``).
         TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
         ConnectionClosed: the server closed the connection before its hello.
     """
-    sock: socket.socket | None = None
-    try:
+
+    def open_socket() -> socket.socket:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return BlockingClient(sock, on_notification=on_notification, max_frame=max_frame)
+        return sock
+
+    return _connect(
+        open_socket,
+        f"{host}:{port}",
+        connect_timeout,
+        on_notification,
+        max_frame,
+        ssl_context,
+        server_hostname or host,
+    )
+
+
+def connect_unix(
+    path: str,
+    *,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    on_notification: NotificationHandler | None = None,
+    max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> BlockingClient:
+    """Connect to a trio_echo server on a Unix domain socket; like :func:`connect`."""
+
+    def open_socket() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(connect_timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return _connect(
+        open_socket, path, connect_timeout, on_notification, max_frame, ssl_context, server_hostname
+    )
+
+
+def _connect(
+    open_socket: Callable[[], socket.socket],
+    where: str,
+    connect_timeout: float | None,
+    on_notification: NotificationHandler | None,
+    max_frame: int,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> BlockingClient:
+    sock: socket.socket | None = None
+    try:
+        sock = open_socket()
+        transport: socket.socket | TLSSocket = sock
+        if ssl_context is not None:
+            transport = TLSSocket(sock, ssl_context, server_hostname)
+        return BlockingClient(transport, on_notification=on_notification, max_frame=max_frame)
     except TimeoutError:
         if sock is not None:
             sock.close()
-        raise TimeoutError(
-            f"connecting to {host}:{port} timed out after {connect_timeout:g} s"
-        ) from None
+        raise TimeoutError(f"connecting to {where} timed out after {connect_timeout:g} s") from None
     except BaseException:
         if sock is not None:
             sock.close()
