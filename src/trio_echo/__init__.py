@@ -27,6 +27,7 @@ from .errors import Overloaded as Overloaded
 from .errors import RemoteError as RemoteError
 from .errors import RequestCancelled as RequestCancelled
 from .errors import TrioEchoError as TrioEchoError
+from .errors import Unavailable as Unavailable
 from .errors import UnknownMethod as UnknownMethod
 from .errors import UnsupportedVersion as UnsupportedVersion
 from .server.server import Server as Server
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteError",
     "RequestCancelled",
     "TrioEchoError",
+    "Unavailable",
     "UnknownMethod",
     "UnsupportedVersion",
     # protocol core

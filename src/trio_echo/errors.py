@@ -6,7 +6,7 @@
     ├── RemoteError            the server answered with an error; .code, .message, .data
     │   ├── Malformed, FrameTooLarge, UnsupportedVersion, UnknownMethod,
     │   ├── InvalidParams, InternalError, RequestCancelled, DeadlineExceeded,
-    │   ├── Overloaded         one subclass per protocol error code (protocol.md §6)
+    │   ├── Overloaded, Unavailable   one subclass per protocol error code (protocol.md §6)
     │   └── your own           class KeyNotFound(RemoteError, code="key_not_found")
     └── ConnectionClosed       the connection ended; pending calls fail with it
 
@@ -37,13 +37,14 @@ __all__ = [
     "RemoteError",
     "RequestCancelled",
     "TrioEchoError",
+    "Unavailable",
     "UnknownMethod",
     "UnsupportedVersion",
     "error_class",
     "remote_error",
 ]
 
-#: The nine error codes of the protocol itself (protocol.md §6). Every other
+#: The ten error codes of the protocol itself (protocol.md §6). Every other
 #: string is an application code.
 PROTOCOL_CODES: frozenset[str] = frozenset(code.value for code in ErrorCode)
 
@@ -85,7 +86,7 @@ class RemoteError(TrioEchoError):
         raise trio_echo.InvalidParams("seconds must be between 0 and 60")
 
     Your own errors name an application code (any string that is not one of
-    the protocol's nine) with a class keyword::
+    the protocol's ten) with a class keyword::
 
         class KeyNotFound(trio_echo.RemoteError, code="key_not_found"):
             \"\"\"No value is stored under that key.\"\"\"
@@ -213,6 +214,15 @@ class Overloaded(RemoteError, code=ErrorCode.OVERLOADED.value):
     """``overloaded``: a server-wide limit was reached; try again later."""
 
 
+class Unavailable(RemoteError, code=ErrorCode.UNAVAILABLE.value):
+    """``unavailable`` (protocol version 2): the server did not run the call.
+
+    The server was going away (``goaway``) when the call reached it. The
+    clients retry such a call on a new connection within its timeout, and
+    raise this only once their attempts are used up.
+    """
+
+
 _PROTOCOL_CLASSES: dict[str, type[RemoteError]] = {
     cls.code: cls
     for cls in (
@@ -225,6 +235,7 @@ _PROTOCOL_CLASSES: dict[str, type[RemoteError]] = {
         RequestCancelled,
         DeadlineExceeded,
         Overloaded,
+        Unavailable,
     )
 }
 

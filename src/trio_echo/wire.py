@@ -1,4 +1,4 @@
-"""The trio_echo wire protocol v1, as a sans-IO core: bytes in, events out.
+"""The trio_echo wire protocol (versions 1 and 2), as a sans-IO core: bytes in, events out.
 
 Nothing here does I/O or imports Trio. The server, the async client, the
 blocking client and the benchmark all drive these pieces:
@@ -13,6 +13,9 @@ blocking client and the benchmark all drive these pieces:
 * :func:`parse_message` turns a decoded msgpack object into an event
   (:class:`Request`, :class:`Response`, ...), validating its shape (§4).
 * The ``encode_*`` functions build the bytes of each message.
+* Versions (§10, §11): a framed connection's version is its preamble's 8th
+  byte. :data:`PROTOCOL_VERSIONS` lists those spoken; version 2 adds the
+  ``goaway`` notification and the ``unavailable`` error code to version 1.
 * :class:`Connection` bundles all of this for a client (or a test peer) in the
   style of h11: ``send(event) -> bytes``, ``receive_data(bytes)``,
   ``next_event()``.
@@ -39,13 +42,17 @@ __all__ = [
     "MAGIC",
     "MAX_MSGID",
     "NEED_DATA",
+    "LATEST_VERSION",
     "PREAMBLE",
+    "PREAMBLE_V2",
     "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS",
     "Cancel",
     "Connection",
     "ErrorCode",
     "ErrorResponse",
     "Event",
+    "GoawayReason",
     "FrameDecoder",
     "MessageType",
     "Mode",
@@ -57,12 +64,16 @@ __all__ = [
     "StreamDecoder",
     "encode_cancel",
     "encode_error",
+    "encode_goaway",
     "encode_notification",
     "encode_request",
     "encode_response",
     "frame",
     "packb",
+    "parse_goaway",
     "parse_message",
+    "preamble",
+    "preamble_version",
     "sniff_mode",
     "unpackb",
 ]
@@ -71,10 +82,16 @@ __all__ = [
 
 #: The 7 bytes every framed client opens with, before the version byte.
 MAGIC: Final = b"\x00TECHO\x00"
-#: The protocol version this module speaks (the 8th preamble byte).
+#: Version 1, the version of :data:`PREAMBLE` (the 8th preamble byte).
 PROTOCOL_VERSION: Final = 1
-#: The full framed-mode preamble: MAGIC followed by the version byte.
+#: Every version this module speaks, oldest first (§10).
+PROTOCOL_VERSIONS: Final = (1, 2)
+#: The newest version, the one clients offer first.
+LATEST_VERSION: Final = PROTOCOL_VERSIONS[-1]
+#: The version 1 framed-mode preamble: MAGIC followed by the version byte.
 PREAMBLE: Final = MAGIC + bytes([PROTOCOL_VERSION])
+#: The version 2 preamble (§11).
+PREAMBLE_V2: Final = MAGIC + bytes([2])
 #: First bytes of a bare msgpack-rpc stream: a fixarray of 3 or 4 elements.
 MPRPC_FIRST_BYTES: Final = frozenset({0x93, 0x94})
 
@@ -132,6 +149,18 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"
     #: A server-wide limit was reached.
     OVERLOADED = "overloaded"
+    #: Version 2: the server did not run the request (it was read after a
+    #: ``goaway``); it is safe to retry it on another connection.
+    UNAVAILABLE = "unavailable"
+
+
+class GoawayReason(enum.StrEnum):
+    """Why a server sent ``goaway`` (version 2, §11). Clients must accept any string."""
+
+    #: The server is shutting down (SIGTERM/SIGINT).
+    SHUTDOWN = "shutdown"
+    #: The connection reached the server's ``--max-connection-age``.
+    MAX_AGE = "max_age"
 
 
 class Role(enum.Enum):
@@ -240,6 +269,21 @@ def make_packer() -> Callable[[Any], bytes]:
 # --- §2 Sniffing -------------------------------------------------------------------
 
 
+def preamble(version: int) -> bytes:
+    """The preamble that opens a framed connection of ``version``."""
+    if version not in PROTOCOL_VERSIONS:
+        raise ValueError(f"protocol version {version} is not one of {PROTOCOL_VERSIONS}")
+    return MAGIC + bytes([version])
+
+
+def preamble_version(prefix: bytes | bytearray) -> int | None:
+    """The version of the complete, supported preamble ``prefix`` starts with, else None."""
+    if len(prefix) <= len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
+        return None
+    version = prefix[len(MAGIC)]
+    return version if version in PROTOCOL_VERSIONS else None
+
+
 def sniff_mode(prefix: bytes) -> Mode | ProtocolViolation | None:
     """Decide a connection's kind from its first bytes (auto mode).
 
@@ -247,7 +291,8 @@ def sniff_mode(prefix: bytes) -> Mode | ProtocolViolation | None:
     the caller must read more. Decides as soon as a byte disagrees with the
     preamble, so a raw client sending one byte is never held back. Returns a
     fatal :class:`ProtocolViolation` (``unsupported_version``) when the magic
-    matched but the version byte is unknown.
+    matched but the version byte is not in :data:`PROTOCOL_VERSIONS`; for
+    FRAMED, :func:`preamble_version` tells which version.
     """
     if not prefix:
         return None
@@ -258,32 +303,33 @@ def sniff_mode(prefix: bytes) -> Mode | ProtocolViolation | None:
         return Mode.RAW
     if len(prefix) <= len(MAGIC):
         return None
-    if prefix[len(MAGIC)] == PROTOCOL_VERSION:
+    if prefix[len(MAGIC)] in PROTOCOL_VERSIONS:
         return Mode.FRAMED
     return _bad_version(prefix[len(MAGIC)])
 
 
 def check_preamble(prefix: bytes) -> ProtocolViolation | bool | None:
-    """For a server pinned to framed mode: ``True`` once the preamble is whole,
-    ``None`` while more bytes are needed, else a fatal violation."""
+    """For a server pinned to framed mode: ``True`` once a preamble of a supported
+    version is whole, ``None`` while more bytes are needed, else a fatal violation."""
     n = min(len(prefix), len(PREAMBLE))
     if prefix[: min(n, len(MAGIC))] != MAGIC[: min(n, len(MAGIC))]:
         return ProtocolViolation(
             ErrorCode.MALFORMED,
-            "expected the trio_echo preamble 00 54 45 43 48 4f 00 01",
+            "expected the trio_echo preamble 00 54 45 43 48 4f 00 01 (or 02)",
             fatal=True,
         )
     if len(prefix) < len(PREAMBLE):
         return None
-    if prefix[len(MAGIC)] != PROTOCOL_VERSION:
+    if prefix[len(MAGIC)] not in PROTOCOL_VERSIONS:
         return _bad_version(prefix[len(MAGIC)])
     return True
 
 
 def _bad_version(version: int) -> ProtocolViolation:
+    spoken = " and ".join(str(v) for v in PROTOCOL_VERSIONS)
     return ProtocolViolation(
         ErrorCode.UNSUPPORTED_VERSION,
-        f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}",
+        f"protocol version {version} is not supported; this server speaks {spoken}",
         fatal=True,
     )
 
@@ -733,6 +779,26 @@ def encode_cancel(msgid: int, *, framed: bool = True, pack: Pack = packb) -> byt
     return _out(pack([3, msgid]), framed)
 
 
+def encode_goaway(reason: str, grace_ms: int, *, pack: Pack = packb) -> bytes:
+    """The version 2 ``goaway`` notification, ``[2, "goaway", [{"reason", "grace_ms"}]]`` (§11)."""
+    return frame(pack([2, "goaway", [{"reason": str(reason), "grace_ms": int(grace_ms)}]]))
+
+
+def parse_goaway(event: Notification) -> tuple[str, int] | None:
+    """``(reason, grace_ms)`` if ``event`` is a well-formed ``goaway``, else None.
+
+    The reason is any str (a newer server may send a reason this module does
+    not name in :class:`GoawayReason`); ``grace_ms`` is an int >= 0.
+    """
+    if event.method != "goaway" or len(event.params) != 1 or type(event.params[0]) is not dict:
+        return None
+    info = event.params[0]
+    reason, grace_ms = info.get("reason"), info.get("grace_ms")
+    if type(reason) is not str or type(grace_ms) is not int or grace_ms < 0:
+        return None
+    return reason, grace_ms
+
+
 # --- A whole endpoint, h11 style ----------------------------------------------------------
 
 
@@ -748,11 +814,15 @@ class Connection:
 
     A server-role connection expects the preamble first (a server pinned to
     framed mode); auto-mode sniffing is :func:`sniff_mode`.
+
+    ``version`` is the protocol version: for a client, the one its preamble
+    offers; for a server, the one the client's preamble named, once read.
     """
 
     our_role: Role = Role.CLIENT
     mode: Mode = Mode.FRAMED
     max_frame: int = DEFAULT_MAX_FRAME
+    version: int = PROTOCOL_VERSION
     _decoder: FrameDecoder | StreamDecoder = field(init=False, repr=False)
     _events: list[Any] = field(init=False, repr=False, default_factory=list)
     _pos: int = field(init=False, repr=False, default=0)
@@ -763,6 +833,8 @@ class Connection:
     def __post_init__(self) -> None:
         if self.mode is Mode.RAW:
             raise ValueError("raw mode has no messages")
+        if self.version not in PROTOCOL_VERSIONS:
+            raise ValueError(f"protocol version {self.version} is not one of {PROTOCOL_VERSIONS}")
         framed = self.mode is Mode.FRAMED
         self._decoder = (FrameDecoder if framed else StreamDecoder)(self.max_frame)
         if framed and self.our_role is Role.SERVER:
@@ -776,7 +848,7 @@ class Connection:
 
     def initiate(self) -> bytes:
         """The bytes a client sends first: the preamble in framed mode, else nothing."""
-        return PREAMBLE if self.framed and self.our_role is Role.CLIENT else b""
+        return preamble(self.version) if self.framed and self.our_role is Role.CLIENT else b""
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the peer; ``b""`` signals end of stream."""
@@ -804,6 +876,7 @@ class Connection:
             self._decoder.dead = True
             self._events.append(verdict)
             return b""
+        self.version = prefix[len(MAGIC)]
         return prefix[len(PREAMBLE) :]
 
     def next_event(self) -> Event | _NeedData:

@@ -73,4 +73,5 @@ EXCEPTIONS = {
     "cancelled": trio_echo.RequestCancelled,
     "timeout": trio_echo.DeadlineExceeded,
     "overloaded": trio_echo.Overloaded,
+    "unavailable": trio_echo.Unavailable,
 }

@@ -20,6 +20,7 @@ class Peer:
     """A test peer made of a Trio stream and a bare :class:`wire.Connection`.
 
     A client by default; ``role=wire.Role.SERVER`` plays a fake server for client tests.
+    ``version`` is the protocol version a client peer's preamble offers.
     """
 
     def __init__(
@@ -27,9 +28,10 @@ class Peer:
         stream: trio.abc.Stream,
         mode: wire.Mode = wire.Mode.FRAMED,
         role: wire.Role = wire.Role.CLIENT,
+        version: int = wire.PROTOCOL_VERSION,
     ) -> None:
         self.stream = stream
-        self.conn = wire.Connection(role, mode)
+        self.conn = wire.Connection(role, mode, version=version)
 
     async def start(self) -> dict[str, Any]:
         """Send the preamble; return the hello info (framed mode)."""

@@ -255,7 +255,7 @@ async def test_frame_too_large_closes_before_reading_the_body() -> None:
 
 async def test_unsupported_version() -> None:
     async with memory_server() as (_, stream, _n):
-        await stream.send_all(wire.MAGIC + b"\x02")
+        await stream.send_all(wire.MAGIC + b"\x03")
         peer = Peer(stream)
         (notice,) = await peer.expect_close()
         assert isinstance(notice, Notification)

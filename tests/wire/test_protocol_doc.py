@@ -83,6 +83,10 @@ REQUIRED = {
     "cancel",
     "notification",
     "stream-request",
+    "preamble-v2",
+    "hello-v2",
+    "goaway",
+    "unavailable-response",
 }
 
 
@@ -170,12 +174,44 @@ def test_stream_vectors_are_sniffed_as_msgpack_rpc() -> None:
             assert wire.sniff_mode(vector.data[:1]) is Mode.MPRPC
 
 
-def test_hello_vector_has_the_documented_keys() -> None:
-    [info] = VECTORS["hello"].decoded[2]
+@pytest.mark.parametrize(("name", "version"), [("hello", 1), ("hello-v2", 2)])
+def test_hello_vector_has_the_documented_keys(name: str, version: int) -> None:
+    [info] = VECTORS[name].decoded[2]
     assert {"protocol", "server", "max_frame", "max_inflight"} <= set(info)
-    assert info["protocol"] == wire.PROTOCOL_VERSION
+    assert info["protocol"] == version
     assert info["max_frame"] == wire.DEFAULT_MAX_FRAME
     assert info["max_inflight"] == wire.DEFAULT_MAX_INFLIGHT
+
+
+def test_preamble_v2_vector() -> None:
+    vector = VECTORS["preamble-v2"]
+    assert vector.data == wire.PREAMBLE_V2 == wire.preamble(2) == Connection(version=2).initiate()
+    assert wire.preamble_version(vector.data) == 2
+    assert wire.sniff_mode(vector.data) is Mode.FRAMED
+    assert wire.check_preamble(vector.data) is True
+    server = Connection(wire.Role.SERVER)
+    server.receive_data(vector.data + VECTORS["request"].data)
+    assert server.version == 2
+    assert server.next_event() == wire.Request(1, "echo", ["hi"])
+    assert "00 54 45 43 48 4F 00 02" in _section(11)
+
+
+def test_goaway_vector_is_what_the_encoder_sends() -> None:
+    vector = VECTORS["goaway"]
+    [info] = vector.decoded[2]
+    assert wire.encode_goaway(info["reason"], info["grace_ms"]) == vector.data
+    event = wire.parse_message(decode(vector)[0])
+    assert isinstance(event, wire.Notification)
+    assert wire.parse_goaway(event) == (wire.GoawayReason.SHUTDOWN, 10000)
+    # Every documented reason is one the server can send.
+    reasons = set(re.findall(r'`"([a-z_]+)"`', _section(11)))
+    assert reasons == {str(r) for r in wire.GoawayReason}
+
+
+def test_unavailable_vector_is_an_error_response() -> None:
+    event = wire.parse_message(decode(VECTORS["unavailable-response"])[0])
+    assert isinstance(event, wire.ErrorResponse)
+    assert (event.msgid, event.code) == (7, ErrorCode.UNAVAILABLE)
 
 
 def _section(number: int) -> str:
@@ -188,7 +224,7 @@ def test_error_table_lists_exactly_the_error_codes() -> None:
     rows = re.findall(r"^\| `([a-z_]+)` \|", _section(6), re.MULTILINE)
     assert len(rows) == len(set(rows))
     assert set(rows) == {str(code) for code in ErrorCode}
-    assert len(rows) == 9
+    assert len(rows) == 10
 
 
 def test_documented_defaults_match_the_code() -> None:

@@ -520,7 +520,17 @@ def test_fixarray_of_3_or_4_is_msgpack_rpc(first: int) -> None:
     assert wire.sniff_mode(b"\x95") is Mode.RAW
 
 
-@pytest.mark.parametrize("version", [0, 2, 0x54, 255])
+@pytest.mark.parametrize("version", [1, 2])
+def test_both_versions_are_framed(version: int) -> None:
+    prefix = MAGIC + bytes([version])
+    assert wire.sniff_mode(prefix) is Mode.FRAMED
+    assert wire.check_preamble(prefix) is True
+    assert wire.preamble_version(prefix + b"rest") == version
+    assert wire.preamble(version) == prefix
+    assert wire.preamble_version(prefix[:-1]) is None
+
+
+@pytest.mark.parametrize("version", [0, 3, 0x54, 255])
 def test_unknown_version_is_unsupported(version: int) -> None:
     prefix = MAGIC + bytes([version])
     for verdict in (wire.sniff_mode(prefix), wire.check_preamble(prefix)):
@@ -543,7 +553,7 @@ def test_sniff_mode_agrees_with_the_rule(data: bytes) -> None:
         assert verdict is Mode.RAW
     elif len(data) <= len(MAGIC):
         assert verdict is None
-    elif data[7] == 1:
+    elif data[7] in (1, 2):
         assert verdict is Mode.FRAMED
     else:
         assert type(verdict) is ProtocolViolation
@@ -708,10 +718,37 @@ def test_server_role_rejects_an_unknown_version() -> None:
     server = Connection(our_role=Role.SERVER)
     server.receive_data(MAGIC)
     assert server.next_event() is NEED_DATA
-    server.receive_data(b"\x02" + wire.encode_cancel(1))
+    server.receive_data(b"\x03" + wire.encode_cancel(1))
     [event] = server.events()
     violation(event, ErrorCode.UNSUPPORTED_VERSION)
     assert event.fatal
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_connection_version_is_the_preambles(version: int) -> None:
+    client = Connection(version=version)
+    server = Connection(our_role=Role.SERVER)
+    data = client.initiate() + client.send(Request(1, "ping", []))
+    for i in range(len(data)):
+        server.receive_data(data[i : i + 1])
+    assert server.version == version
+    assert list(server.events()) == [Request(1, "ping", [])]
+    with pytest.raises(ValueError):
+        Connection(version=3)
+
+
+def test_goaway_round_trip_and_shape() -> None:
+    for reason in [*wire.GoawayReason, "idle", "a reason from a later server"]:
+        conn = Connection()
+        conn.receive_data(wire.encode_goaway(reason, 1500))
+        [event] = conn.events()
+        assert isinstance(event, Notification)
+        assert wire.parse_goaway(event) == (reason, 1500)
+    for params in ([], [{}], [{"reason": "shutdown"}], [{"reason": 1, "grace_ms": 5}],
+                   [{"reason": "shutdown", "grace_ms": -1}], [{"reason": "x", "grace_ms": 1.5}],
+                   [{"reason": "x", "grace_ms": True}], ["shutdown", 5]):  # fmt: skip
+        assert wire.parse_goaway(Notification("goaway", params)) is None, params
+    assert wire.parse_goaway(Notification("hello", [{"reason": "x", "grace_ms": 1}])) is None
 
 
 def test_stream_mode_connection_has_no_preamble() -> None:

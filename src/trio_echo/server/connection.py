@@ -37,6 +37,7 @@ class ConnectionState:
         "server",
         "stop_requested",
         "stream",
+        "version",
         "whole_scope",
     )
 
@@ -49,6 +50,8 @@ class ConnectionState:
         self.last_active = trio.current_time()
         self.engine: MessageConnection | None = None
         self.raw = False
+        #: The protocol version of a framed connection (1 until its preamble says 2).
+        self.version = wire.PROTOCOL_VERSION
         self.stop_requested = False
         # read_scope covers the current read loop; shutdown cancels it only
         # while the reader sits in a receive (in_read), never mid-send.
@@ -111,6 +114,7 @@ class ConnectionState:
             return
         framed = verdict is Mode.FRAMED
         if framed:
+            self.version = prefix[len(wire.MAGIC)]  # 1 or 2: sniffing checked it
             prefix = prefix[len(wire.PREAMBLE) :]
         self.engine = MessageConnection(self, framed)
         await self.engine.run(prefix)

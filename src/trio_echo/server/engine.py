@@ -172,7 +172,8 @@ class MessageConnection:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.framed:
-                self._enqueue(wire.encode_notification("hello", [server.hello], pack=server.pack))
+                hello = server.hellos[self.state.version]
+                self._enqueue(wire.encode_notification("hello", [hello], pack=server.pack))
             self.backlog.extend(self.decoder.feed(initial))
             await self._lead()
             # This task may have handed reading to a worker (see _lead).

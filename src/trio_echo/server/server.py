@@ -153,6 +153,8 @@ class Server:
             "max_frame": max_frame,
             "max_inflight": max_inflight,
         }
+        # The hello map of each protocol version: only "protocol" differs.
+        self.hellos = {v: {**self.hello, "protocol": v} for v in wire.PROTOCOL_VERSIONS}
         # Counters (see stats()).
         self.started_at = time.monotonic()
         self.connections_total = 0
@@ -382,12 +384,13 @@ class Server:
                     )
                     # No valid header: anything but the preamble, so just close.
                     prefix = header[1][: len(wire.PREAMBLE)] if isinstance(header, tuple) else b"-"
-                while len(prefix) < len(wire.PREAMBLE) and wire.PREAMBLE.startswith(prefix):
+                # Any version's preamble: the notice is a v1 frame, which every client reads.
+                while len(prefix) < len(wire.PREAMBLE) and wire.MAGIC.startswith(prefix[:7]):
                     data = await stream.receive_some(len(wire.PREAMBLE) - len(prefix))
                     if not data:
                         break
                     prefix += data
-                if prefix == wire.PREAMBLE:
+                if wire.preamble_version(prefix) is not None:
                     await stream.send_all(
                         wire.encode_error(
                             None,
