@@ -44,6 +44,6 @@ def main(host: str, port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7000)
+    parser.add_argument("--port", type=int, default=trio_echo.wire.DEFAULT_PORT)
     args = parser.parse_args()
     main(args.host, args.port)

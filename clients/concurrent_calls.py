@@ -49,7 +49,7 @@ async def main(host: str, port: int, calls: int, tasks: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7000)
+    parser.add_argument("--port", type=int, default=trio_echo.wire.DEFAULT_PORT)
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--tasks", type=int, default=100)
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from .errors import TrioEchoError as TrioEchoError
 from .errors import Unavailable as Unavailable
 from .errors import UnknownMethod as UnknownMethod
 from .errors import UnsupportedVersion as UnsupportedVersion
+from .server.config import ServerConfig as ServerConfig
 from .server.server import Server as Server
 from .server.server import serve as serve
 from .server.server import serve_stream as serve_stream
@@ -40,6 +41,7 @@ __all__ = [
     # server
     "HandlerKind",
     "Server",
+    "ServerConfig",
     "Service",
     "serve",
     "serve_stream",

@@ -38,6 +38,7 @@ import msgpack
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_INFLIGHT",
+    "DEFAULT_PORT",
     "HEADER_SIZE",
     "MAGIC",
     "MAX_MSGID",
@@ -94,6 +95,8 @@ PREAMBLE: Final = MAGIC + bytes([PROTOCOL_VERSION])
 PREAMBLE_V2: Final = MAGIC + bytes([2])
 #: First bytes of a bare msgpack-rpc stream: a fixarray of 3 or 4 elements.
 MPRPC_FIRST_BYTES: Final = frozenset({0x93, 0x94})
+#: The TCP port a server listens on, and clients connect to, unless told otherwise.
+DEFAULT_PORT: Final = 7000
 
 # --- §3 Frames ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from typing import Any, Final
 
+from .. import wire
 from ..tls import TLSOptions
 from .worker import (
     HIST_SIZE,
@@ -49,7 +50,7 @@ class BenchConfig:
     """One benchmark run (the ``trio-echo bench`` options)."""
 
     host: str = "127.0.0.1"
-    port: int = 7000
+    port: int = wire.DEFAULT_PORT
     mode: str = "framed"
     connections: int = 50
     pipeline: int = 1

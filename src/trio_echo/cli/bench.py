@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from .. import wire
 from ..bench.runner import BenchConfig, Progress, format_report, run_bench
 from .call import from_json, to_json
 from .client_options import add_transport_args, tls_options
@@ -26,7 +27,7 @@ def configure(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="server address")
-    p.add_argument("--port", type=int, default=7000, help="server port")
+    p.add_argument("--port", type=int, default=wire.DEFAULT_PORT, help="server port")
     p.add_argument(
         "--mode",
         choices=("framed", "mprpc", "raw"),

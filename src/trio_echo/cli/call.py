@@ -23,10 +23,10 @@ from typing import Any
 
 import msgpack
 
+from .. import wire
 from ..client.blocking import BlockingClient, connect, connect_unix
 from ..errors import ConnectionClosed, RemoteError
 from .client_options import add_transport_args, ssl_context_from_args
-from .serve import DEFAULT_PORT
 
 __all__ = ["configure", "from_json", "parse_arg", "to_json"]
 
@@ -78,7 +78,7 @@ def configure(sub: Any) -> None:
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
     p.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+        "--port", type=int, default=wire.DEFAULT_PORT, help="server port (default: %(default)s)"
     )
     p.add_argument(
         "--connect-timeout",

@@ -10,12 +10,13 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
-from .. import tls, wire
+from .. import tls
+from ..server.config import SETTINGS, ServerConfig, Setting
 from ..server.listeners import (
     ListenerError,
     UnixSocketFile,
@@ -32,8 +33,6 @@ __all__ = ["configure", "load_app", "run"]
 
 log = logging.getLogger("trio_echo")
 
-DEFAULT_PORT = 7000
-
 
 def configure(sub: Any) -> None:
     """Add the ``serve`` subcommand."""
@@ -48,25 +47,10 @@ def configure(sub: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help=f"TCP port (0 = any free port); default {DEFAULT_PORT}, unless --unix, --fd "
-        "or socket activation give the listeners (then TCP only if --port is given too)",
-    )
-    p.add_argument(
-        "--unix",
-        metavar="PATH",
-        help="listen on a Unix domain socket at PATH (a stale socket file is replaced)",
-    )
-    p.add_argument(
-        "--unix-mode",
-        type=_octal_mode,
-        default=0o600,
-        metavar="OCTAL",
-        help="permissions of the --unix socket file (default 600)",
+        "--app",
+        metavar="MODULE:ATTR",
+        help="a trio_echo.Service to serve beside the built-ins, e.g. mymodule:service",
     )
     p.add_argument(
         "--fd",
@@ -77,141 +61,42 @@ def configure(sub: Any) -> None:
         help="serve the inherited listening socket N (repeatable); LISTEN_FDS/LISTEN_PID "
         "(systemd socket activation) are honoured without it",
     )
-    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS only, with this certificate (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
-    p.add_argument(
-        "--tls-client-ca",
-        metavar="FILE",
-        help="require client certificates signed by this CA (mutual TLS)",
-    )
-    p.add_argument(
-        "--tls-handshake-timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="close a TLS client that has not finished its handshake by then (0 = never)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=["auto", "framed", "mprpc", "raw"],
-        default="auto",
-        help="auto tells the three connection kinds apart by their first bytes; "
-        "the others pin one kind",
-    )
-    p.add_argument(
-        "--app",
-        metavar="MODULE:ATTR",
-        help="a trio_echo.Service to serve beside the built-ins, e.g. mymodule:service",
-    )
-    p.add_argument(
-        "--max-frame",
-        type=_positive_int,
-        default=wire.DEFAULT_MAX_FRAME,
-        metavar="BYTES",
-        help="largest frame (or stream message) accepted; larger ones get frame_too_large",
-    )
-    p.add_argument(
-        "--max-inflight",
-        type=_positive_int,
-        default=wire.DEFAULT_MAX_INFLIGHT,
-        metavar="N",
-        help="requests running at once per connection; past it the server stops reading",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=10000,
-        metavar="N",
-        help="connections served at once; more are accepted and closed",
-    )
-    p.add_argument(
-        "--max-requests",
-        type=_positive_int,
-        default=65536,
-        metavar="N",
-        help="requests in flight server-wide; past it requests get overloaded",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=_seconds,
-        default=300.0,
-        metavar="SECONDS",
-        help="close a connection that has sent nothing, and is owed nothing, this long "
-        "(also before its first byte; 0 = never)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=16,
-        metavar="N",
-        help="worker threads for blocking=True handlers",
-    )
-    p.add_argument(
-        "--grace",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="on shutdown, how long to wait for requests in flight before cancelling them",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes sharing the port via SO_REUSEPORT, each with its own "
-        "Trio loop (0 = one per core)",
-    )
-    p.add_argument(
-        "--reuse-port",
-        action="store_true",
-        help="set SO_REUSEPORT so that several servers can share the port",
-    )
-    p.add_argument(
-        "--proxy-protocol",
-        action="store_true",
-        help="expect a PROXY protocol header (v1 or v2, e.g. HAProxy's send-proxy-v2) first "
-        "on every connection, and log the client it names; connections without one are "
-        "closed. Only behind a trusted load balancer",
-    )
+    # One flag per ServerConfig field. Their argparse default is "absent", so
+    # that only the flags given override the config (hypercorn's way); --help
+    # shows the config's defaults.
+    for spec in SETTINGS:
+        if not spec.flag:
+            continue
+        shown = f"{spec.help} (default: {spec.shown_default})"
+        if isinstance(spec.default, bool):
+            p.add_argument(spec.option, action="store_true", default=argparse.SUPPRESS, help=shown)
+        else:
+            p.add_argument(
+                spec.option,
+                type=flag_parser(spec),
+                choices=spec.choices,
+                metavar=spec.metavar,
+                default=argparse.SUPPRESS,
+                help=shown,
+            )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="logging level",
-    )
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        help="include tracebacks in internal error responses",
-    )
     p.set_defaults(run=run)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def flag_parser(spec: Setting) -> Callable[[str], Any]:
+    """Turns a flag's text into the setting's type, checked as ServerConfig checks it."""
+    convert = spec.convert
 
+    def parse(text: str) -> Any:
+        value = convert(text)  # a ValueError here reads "invalid int value: ..."
+        # argparse itself checks choices, after this, with its usual message.
+        problem = None if spec.choices else spec.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
 
-def _octal_mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be octal permissions such as 600, not {text}"
-        ) from None
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"must be octal permissions from 0 to 777, not {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
-    return value
+    parse.__name__ = getattr(convert, "__name__", "setting")
+    return parse
 
 
 def load_app(spec: str) -> Service:
@@ -238,46 +123,36 @@ def load_app(spec: str) -> Service:
     return obj
 
 
-def ssl_context_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+def ssl_context_from_config(config: ServerConfig) -> ssl.SSLContext | None:
     """The server's TLS context, or None for plaintext.
 
     Raises:
         ListenerError: the options are incomplete or a file is unusable.
     """
-    if args.tls_cert is None and args.tls_key is None:
-        if args.tls_client_ca is not None:
+    if config.tls_cert is None and config.tls_key is None:
+        if config.tls_client_ca is not None:
             raise ListenerError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
-    if args.tls_cert is None or args.tls_key is None:
+    if config.tls_cert is None or config.tls_key is None:
         raise ListenerError("--tls-cert and --tls-key go together")
-    if args.proxy_protocol:
+    if config.proxy_protocol:
         raise ListenerError(
             "--proxy-protocol cannot be combined with TLS yet: terminate TLS at the balancer"
         )
     try:
-        return tls.server_context(args.tls_cert, args.tls_key, client_ca=args.tls_client_ca)
+        return tls.server_context(config.tls_cert, config.tls_key, client_ca=config.tls_client_ca)
     except (OSError, ssl.SSLError) as exc:
         raise ListenerError(f"cannot load the TLS files: {exc}") from exc
 
 
-def server_from_args(args: argparse.Namespace) -> Server:
-    """Build the :class:`Server` that ``args`` describe."""
-    service = load_app(args.app) if args.app else None
-    return Server(
-        service,
-        mode=args.mode,
-        max_frame=args.max_frame,
-        max_inflight=args.max_inflight,
-        threads=args.threads,
-        grace=args.grace,
-        max_connections=args.max_connections,
-        max_requests=args.max_requests,
-        idle_timeout=args.idle_timeout,
-        debug=args.debug,
-        proxy_protocol=args.proxy_protocol,
-        ssl_context=ssl_context_from_args(args),
-        tls_handshake_timeout=args.tls_handshake_timeout,
-    )
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` of ``args``: the defaults, overridden by the flags given."""
+    return ServerConfig(**{spec.name: getattr(args, spec.name) for spec in given(args)})
+
+
+def given(args: argparse.Namespace) -> list[Setting]:
+    """The settings whose flags were given on the command line."""
+    return [spec for spec in SETTINGS if spec.flag and hasattr(args, spec.name)]
 
 
 def setup_logging(level: str) -> None:
@@ -291,20 +166,22 @@ def setup_logging(level: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``trio-echo serve``; returns the exit code."""
-    setup_logging(args.log_level)
+    config = config_from_args(args)
+    setup_logging(config.log_level)
     try:
-        server = server_from_args(args)
+        ssl_context = ssl_context_from_config(config)
+        server = Server(load_app(args.app) if args.app else None, config, ssl_context=ssl_context)
     except ListenerError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 2
     except (ImportError, AttributeError, ValueError) as exc:
         print(f"trio-echo serve: cannot load --app {args.app}: {exc}", file=sys.stderr)
         return 2
-    raise_fd_limit(args.max_connections)
-    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    raise_fd_limit(config.max_connections)
+    workers = config.workers if config.workers > 0 else (os.cpu_count() or 1)
     try:
         fds = [*systemd_fds(), *args.fd]
-        port = listen_port(args, fds)
+        port = listen_port(args, config, fds)
         if workers > 1:
             from ..server.supervisor import supervise
 
@@ -313,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
                     supervise,
                     worker_argv(args),
                     workers,
-                    args.host,
+                    config.host,
                     port,
-                    unix=args.unix,
-                    unix_mode=args.unix_mode,
+                    unix=config.unix,
+                    unix_mode=config.unix_mode,
                     fds=fds,
                 )
             )
@@ -324,12 +201,8 @@ def run(args: argparse.Namespace) -> int:
             functools.partial(
                 serve_until_signalled,
                 server,
-                args.host,
                 port,
-                reuse_port=args.reuse_port,
                 ready_fd=args.ready_fd,
-                unix=args.unix,
-                unix_mode=args.unix_mode,
                 fds=fds,
             )
         )
@@ -341,11 +214,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def listen_port(args: argparse.Namespace, fds: list[int]) -> int | None:
+def listen_port(args: argparse.Namespace, config: ServerConfig, fds: list[int]) -> int | None:
     """The TCP port to bind, or None: without --port, only when no other listener is given."""
-    if args.port is not None:
-        return int(args.port)
-    return None if args.unix or fds else DEFAULT_PORT
+    if hasattr(args, "port") or not (config.unix or fds):
+        return config.port
+    return None
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -367,36 +240,22 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
-    """The ``serve`` options of one worker process (listeners and ready fd excepted)."""
-    argv = [
-        "--host", args.host,
-        "--mode", args.mode,
-        "--max-frame", str(args.max_frame),
-        "--max-inflight", str(args.max_inflight),
-        "--max-connections", str(args.max_connections),
-        "--max-requests", str(args.max_requests),
-        "--idle-timeout", str(args.idle_timeout),
-        "--threads", str(args.threads),
-        "--grace", str(args.grace),
-        "--tls-handshake-timeout", str(args.tls_handshake_timeout),
-        "--log-level", args.log_level,
-        "--workers", "1",
-        "--reuse-port",
-    ]  # fmt: skip
-    for option in ("tls_cert", "tls_key", "tls_client_ca"):
-        if getattr(args, option) is not None:
-            argv += ["--" + option.replace("_", "-"), getattr(args, option)]
+    """The ``serve`` options of one worker process: the flags given, but one worker
+    sharing the supervisor's listeners (``--port``, ``--fd`` and ``--ready-fd``
+    are added by it)."""
+    argv = []
+    for spec in given(args):
+        if spec.name in ("port", "unix", "unix_mode", "workers", "reuse_port"):
+            continue
+        value = getattr(args, spec.name)
+        argv += [spec.option] if isinstance(value, bool) else [spec.option, str(value)]
     if args.app:
         argv += ["--app", args.app]
-    if args.debug:
-        argv.append("--debug")
-    if args.proxy_protocol:
-        argv.append("--proxy-protocol")
-    return argv
+    return [*argv, "--workers", "1", "--reuse-port"]
 
 
 async def open_all_listeners(
-    host: str,
+    host: str | None,
     port: int | None,
     *,
     reuse_port: bool = False,
@@ -424,22 +283,19 @@ async def open_all_listeners(
 
 async def serve_until_signalled(
     server: Server,
-    host: str,
     port: int | None,
     *,
-    reuse_port: bool = False,
     ready_fd: int | None = None,
-    unix: str | None = None,
-    unix_mode: int = 0o600,
     fds: Sequence[int] = (),
 ) -> int:
     """Serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
 
-    Listens on TCP ``host``:``port`` (unless ``port`` is None), on the Unix
-    socket ``unix`` (removed again when the server stops) and on the
+    Listens on TCP ``port`` (unless it is None) at the config's host, on the
+    config's Unix socket (removed again when the server stops) and on the
     inherited listening descriptors ``fds``. Returns 0 after a graceful
     shutdown, 1 after a forced one.
     """
+    config = server.config
     forced = False
     watched = [signal.SIGINT, signal.SIGTERM]
     if ready_fd is not None:
@@ -449,7 +305,12 @@ async def serve_until_signalled(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         watched = [signal.SIGTERM]
     listeners, unix_file = await open_all_listeners(
-        host, port, reuse_port=reuse_port, unix=unix, unix_mode=unix_mode, fds=fds
+        config.host,
+        port,
+        reuse_port=config.reuse_port,
+        unix=config.unix,
+        unix_mode=config.unix_mode,
+        fds=fds,
     )
     try:
         with trio.open_signal_receiver(*watched) as signals:
@@ -462,7 +323,7 @@ async def serve_until_signalled(
                     nursery.cancel_scope.cancel()  # drained: stop watching for signals
 
                 await nursery.start(serve_then_stop)
-                mode = server.mode.value if server.mode else "auto"
+                mode = server.config.mode
                 log.info(
                     "trio-echo listening on %s (mode %s%s, pid %d)",
                     describe(listeners),

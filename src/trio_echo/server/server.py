@@ -13,6 +13,7 @@ the decoder buffers of quiet ones; the hot path only bumps a byte counter.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -27,16 +28,17 @@ import trio
 
 from .. import wire
 from .._version import __version__
-from ..wire import ErrorCode, Mode
+from ..wire import ErrorCode
 from . import tlsconn
 from .builtins import builtin_service
+from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
 from .connection import ConnectionState
 from .engine import RECEIVE_SIZE
 from .listeners import open_tcp_listeners as open_listeners
 from .proxy import read_proxy_header
 from .service import HandlerKind, Method, Service
 
-__all__ = ["Server", "open_listeners", "serve", "serve_stream"]
+__all__ = ["Server", "ServerConfig", "open_listeners", "serve", "serve_stream"]
 
 log = logging.getLogger("trio_echo")
 
@@ -53,83 +55,64 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 )
 
 
-def _mode_from_name(mode: str | Mode | None) -> Mode | None:
-    if mode is None or mode == "auto":
-        return None
-    return mode if isinstance(mode, Mode) else Mode(mode)
-
-
 class Server:
     """A trio_echo server: built-in methods plus a user :class:`Service`.
 
     Args:
         service: user methods, served beside the built-ins (``echo``,
             ``ping``, ``sleep``, ``stats``, ``methods``).
-        mode: ``"auto"`` (sniff each connection) or ``"framed"``,
-            ``"mprpc"``, ``"raw"`` to pin one kind.
-        max_frame: largest frame body (or stream message) accepted, in bytes.
-        max_inflight: requests and notifications running at once on one
-            connection; past it the server stops reading that connection.
-        threads: worker threads for ``blocking=True`` handlers.
-        grace: seconds a graceful shutdown waits before cancelling what is left.
-        max_connections: connections served at once; more are accepted and
-            closed (a framed client first gets an ``overloaded`` notice).
-        max_requests: requests and notifications in flight server-wide;
-            past it requests are answered ``overloaded``.
-        idle_timeout: seconds after which a connection that sent nothing and
-            is owed nothing is closed (0 disables).
-        debug: include tracebacks in ``internal`` error responses.
-        proxy_protocol: expect a PROXY protocol header (v1 or v2, as a load
-            balancer sends it) at the start of every connection, and name the
-            client it gives in logs. A connection without a valid header is
-            closed. Only for a server that trusted balancers alone can reach.
+        config: the settings (:class:`ServerConfig`); its defaults if None.
+        **overrides: settings to change from ``config``, by field name
+            (``Server(service, max_connections=100, idle_timeout=0)``): ``mode``,
+            ``max_frame``, ``max_inflight``, ``max_connections``,
+            ``max_requests``, ``idle_timeout``, ``threads``, ``grace``,
+            ``debug``, ``proxy_protocol`` ...; see :class:`ServerConfig`.
+
+    Attributes:
+        config: the settings in force.
         ssl_context: serve TLS only, with this server-side context (for
             mutual TLS, one with ``verify_mode = CERT_REQUIRED`` and the
             clients' CA loaded). The handshake counts against
-            ``max_connections``.
-        tls_handshake_timeout: seconds a TLS client may take to finish its
-            handshake before it is closed.
+            ``max_connections``, and lasts at most ``tls_handshake_timeout``.
 
     Raises:
-        ValueError: a user method's name clashes with a built-in.
+        ValueError: a setting is out of range, or a user method's name
+            clashes with a built-in.
+        TypeError: an override is not a :class:`ServerConfig` field.
     """
 
     def __init__(
         self,
         service: Service | None = None,
+        config: ServerConfig | None = None,
         *,
-        mode: str | Mode | None = "auto",
-        max_frame: int = wire.DEFAULT_MAX_FRAME,
-        max_inflight: int = wire.DEFAULT_MAX_INFLIGHT,
-        threads: int = 16,
-        grace: float = 10.0,
-        max_connections: int = 10000,
-        max_requests: int = 65536,
-        idle_timeout: float = 300.0,
-        debug: bool = False,
-        proxy_protocol: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        tls_handshake_timeout: float = 10.0,
+        **overrides: Any,
     ) -> None:
-        if max_frame < 1 or max_inflight < 1 or threads < 1:
-            raise ValueError("max_frame, max_inflight and threads must be positive")
-        if proxy_protocol and ssl_context is not None:
+        if config is None:
+            config = ServerConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if config.proxy_protocol and ssl_context is not None:
             # The header comes in clear before the handshake; not supported (yet).
             raise ValueError("proxy_protocol cannot be combined with TLS (ssl_context)")
-        self.mode = _mode_from_name(mode)
-        self.max_frame = max_frame
-        self.max_inflight = max_inflight
-        self.grace = grace
-        self.max_connections = max_connections
-        self.max_requests = max_requests
-        self.idle_timeout = idle_timeout
-        self.debug = debug
-        self.proxy_protocol = proxy_protocol
+        self.config = config
+        # The settings the connections read, as plain attributes: the engine's
+        # fast path reads some of them for every request.
+        self.mode = config.pinned_mode
+        self.max_frame = config.max_frame
+        self.max_inflight = config.max_inflight
+        self.grace = config.grace
+        self.max_connections = config.max_connections
+        self.max_requests = config.max_requests
+        self.idle_timeout = config.idle_timeout
+        self.debug = config.debug
+        self.proxy_protocol = config.proxy_protocol
+        self.tls_handshake_timeout = config.tls_handshake_timeout
         self.ssl_context = ssl_context
-        self.tls_handshake_timeout = tls_handshake_timeout
         # TLS handshakes under way: they count against max_connections.
         self._handshaking = 0
-        self.limiter = trio.CapacityLimiter(threads)
+        self.limiter = trio.CapacityLimiter(config.threads)
         registry = builtin_service(self.stats, self.method_list)
         if service is not None:
             registry.include(service)
@@ -150,8 +133,8 @@ class Server:
         self.hello = {
             "protocol": wire.PROTOCOL_VERSION,
             "server": f"trio_echo/{__version__}",
-            "max_frame": max_frame,
-            "max_inflight": max_inflight,
+            "max_frame": config.max_frame,
+            "max_inflight": config.max_inflight,
         }
         # The hello map of each protocol version: only "protocol" differs.
         self.hellos = {v: {**self.hello, "protocol": v} for v in wire.PROTOCOL_VERSIONS}
@@ -179,10 +162,10 @@ class Server:
 
     async def serve(
         self,
-        host: str | None = "127.0.0.1",
-        port: int = 7000,
+        host: str | FromConfig | None = FROM_CONFIG,
+        port: int | FromConfig = FROM_CONFIG,
         *,
-        reuse_port: bool = False,
+        reuse_port: bool | FromConfig = FROM_CONFIG,
         backlog: int | None = None,
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -191,9 +174,18 @@ class Server:
         Shaped like :func:`trio.serve_tcp`: ``await nursery.start(server.serve,
         host, 0)`` returns the listeners once they accept connections.
         ``reuse_port`` sets ``SO_REUSEPORT`` so several processes can share
-        the port. Returns after :meth:`shutdown` has drained every connection.
+        the port. Each defaults to the server's :attr:`config`. Returns after
+        :meth:`shutdown` has drained every connection.
+
+        Raises:
+            ValueError: ``port`` is not 0 to 65535.
+            OSError: the port cannot be listened on.
         """
-        listeners = await open_listeners(host, port, reuse_port=reuse_port, backlog=backlog)
+        given = given_settings(host=host, port=port, reuse_port=reuse_port)
+        config = dataclasses.replace(self.config, **given) if given else self.config
+        listeners = await open_listeners(
+            config.host, config.port, reuse_port=config.reuse_port, backlog=backlog
+        )
         await self.serve_listeners(listeners, task_status=task_status)
 
     async def serve_listeners(
@@ -443,8 +435,8 @@ class Server:
 
 async def serve(
     service: Service | None = None,
-    host: str | None = "127.0.0.1",
-    port: int = 7000,
+    host: str | FromConfig | None = FROM_CONFIG,
+    port: int | FromConfig = FROM_CONFIG,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     **options: Any,
@@ -452,13 +444,16 @@ async def serve(
     """Serve ``service`` (plus the built-ins) on ``host``:``port`` until cancelled.
 
     ``await nursery.start(trio_echo.serve, service, "127.0.0.1", 0)`` returns
-    the listeners, so port 0 works in tests. ``options`` are the keyword
-    arguments of :class:`Server`. For graceful shutdown, make a
-    :class:`Server` and call its :meth:`Server.shutdown`.
+    the listeners, so port 0 works in tests. ``host`` and ``port`` default to
+    :class:`ServerConfig`'s; ``options`` are the keyword arguments of
+    :class:`Server` (``config=`` or any setting). For graceful shutdown, make
+    a :class:`Server` and call its :meth:`Server.shutdown`.
+
+    Raises:
+        ValueError: a setting is out of range (``port=70000`` ...).
     """
-    reuse_port = bool(options.pop("reuse_port", False))
-    server = Server(service, **options)
-    await server.serve(host, port, reuse_port=reuse_port, task_status=task_status)
+    server = Server(service, **options, **given_settings(host=host, port=port))
+    await server.serve(task_status=task_status)
 
 
 async def serve_stream(

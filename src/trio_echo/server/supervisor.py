@@ -44,7 +44,7 @@ EARLY_DEATH_S: Final = 1.0
 MAX_BACKOFF_S: Final = 5.0
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+def reserve_port(host: str | None, port: int) -> tuple[socket.socket, int]:
     """Bind (without listening) a SO_REUSEPORT socket; return it and the port it holds."""
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], info[1], info[2])
@@ -65,7 +65,7 @@ class _Worker:
 async def supervise(
     worker_argv: Sequence[str],
     count: int,
-    host: str,
+    host: str | None,
     port: int | None,
     *,
     unix: str | None = None,
@@ -102,7 +102,8 @@ async def supervise(
                 where.insert(0, f"unix:{unix}")
             listen_argv = [arg for fd in shared for arg in ("--fd", str(fd))]
             if port is not None:
-                where.insert(0, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+                shown = host or "*"
+                where.insert(0, f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}")
                 listen_argv += ["--port", str(port)]
             return await _supervise(worker_argv, count, listen_argv, shared, ", ".join(where))
     finally:
