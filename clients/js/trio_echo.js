@@ -1,6 +1,9 @@
-// A small Node.js client for the trio_echo wire protocol v1, written from
+// A small Node.js client for the trio_echo wire protocol, written from
 // protocol.md only (Appendix B is the recipe): preamble, hello, length-prefixed
-// msgpack frames, msgids matched to callers, cancel on abort, error codes.
+// msgpack frames, msgids matched to callers, cancel on abort, error codes, and
+// version 2 (§11): it offers version 2 and falls back to 1, follows a server's
+// goaway to a new connection, retries calls answered "unavailable", and
+// reconnects after a lost connection.
 //
 //   import { connect } from "./trio_echo.js";
 //   const client = await connect("127.0.0.1", 7000);
@@ -11,12 +14,21 @@
 import net from "node:net";
 import { decode, encode } from "@msgpack/msgpack";
 
-/** §2.1: magic "\x00TECHO\x00" then the version byte 1. */
-export const PREAMBLE = Uint8Array.from([0x00, 0x54, 0x45, 0x43, 0x48, 0x4f, 0x00, 0x01]);
+/** §2.1: magic "\x00TECHO\x00" then the version byte. */
+const MAGIC = [0x00, 0x54, 0x45, 0x43, 0x48, 0x4f, 0x00];
+/** The version 1 preamble (§2.1). */
+export const PREAMBLE = Uint8Array.from([...MAGIC, 0x01]);
+/** The version 2 preamble (§11.1). */
+export const PREAMBLE_V2 = Uint8Array.from([...MAGIC, 0x02]);
 /** §5: msgids are uint32. */
 const MSGID_LIMIT = 2 ** 32;
 /** §3: our own receive limit (the server's max_frame only bounds what it accepts). */
 const MAX_RECEIVE_FRAME = 64 * 1024 * 1024;
+/** §11.4: how many times a call answered "unavailable" is sent again. */
+export const UNAVAILABLE_RETRIES = 3;
+/** Reconnecting after a lost connection: 50 ms, doubling, at most 5 s, ±20 % jitter. */
+const BACKOFF_FIRST_MS = 50;
+const BACKOFF_MAX_MS = 5000;
 
 const REQUEST = 0;
 const RESPONSE = 1;
@@ -41,6 +53,9 @@ export class ConnectionClosed extends Error {
     this.name = "ConnectionClosed";
   }
 }
+
+/** Internal: a connection that got goaway takes no new call (§11.4). */
+class GoingAway extends Error {}
 
 /** One frame (§3): a 4-byte big-endian body length, then one msgpack object. */
 export function encodeFrame(message) {
@@ -76,30 +91,29 @@ class FrameReader {
   }
 }
 
-/** A framed connection on which many calls are in flight at once (§5). */
-export class Client {
-  constructor(socket, { onNotification } = {}) {
+/** One framed connection on which many calls are in flight at once (§5). */
+class Connection {
+  constructor(socket, version, onNotification) {
     this.socket = socket;
+    this.version = version;
     this.onNotification = onNotification;
     this.serverInfo = null;
     this.pending = new Map(); // msgid -> {resolve, reject}, or null once abandoned
     this.nextMsgid = 1;
     this.closedError = null;
+    this.goaway = null; // {reason, grace_ms} once the server said goaway (§11.3)
+    this.ended = false; // we half-closed (§11.4)
     this.reader = new FrameReader();
   }
 
-  /** Call `method` with positional params; resolves to its result. */
-  call(method, ...params) {
-    return this.request(method, params);
+  /** Usable for a new call: open, and not going away. */
+  get usable() {
+    return !this.closedError && !this.goaway;
   }
 
-  /**
-   * Send a request (§4.2). Options: `timeoutMs` (sent as timeout_ms), and
-   * `signal` (an AbortSignal: on abort a cancel [3, msgid] is sent, the promise
-   * rejects with the signal's reason and the late reply is dropped).
-   */
-  request(method, params = [], { timeoutMs, signal } = {}) {
+  request(method, params, { timeoutMs, signal } = {}) {
     if (this.closedError) return Promise.reject(this.closedError);
+    if (this.goaway) return Promise.reject(new GoingAway());
     if (signal?.aborted) return Promise.reject(signal.reason);
     const msgid = this.allocateMsgid();
     const message = [REQUEST, msgid, method, params];
@@ -108,8 +122,9 @@ export class Client {
       const onAbort = () => {
         if (this.pending.get(msgid)) {
           this.pending.set(msgid, null); // reserved until its late reply (§5)
-          this.send([CANCEL, msgid]);
+          if (!this.ended) this.send([CANCEL, msgid]);
           reject(signal.reason);
+          this.endIfDone();
         }
       };
       const settle = (fn) => (value) => {
@@ -122,23 +137,22 @@ export class Client {
     });
   }
 
-  /** Send a notification (§4.4): the server never answers it. */
-  notify(method, ...params) {
+  notify(method, params) {
     if (this.closedError) throw this.closedError;
+    if (this.goaway) throw new GoingAway();
     this.send([NOTIFICATION, method, params]);
   }
 
-  /**
-   * Close the connection; calls still waiting fail with ConnectionClosed. The
-   * server is sent a cancel for each of them first (§5), since it takes our
-   * EOF as a half-close and would otherwise finish them for nobody (§7).
-   */
   close() {
     if (this.closedError) return;
-    for (const [msgid, waiter] of this.pending) if (waiter) this.send([CANCEL, msgid]);
+    // Cancel what is still waiting (§5): the server takes our EOF as a
+    // half-close and would otherwise finish those calls for nobody (§7).
+    if (!this.ended) {
+      for (const [msgid, waiter] of this.pending) if (waiter) this.send([CANCEL, msgid]);
+    }
     this.fail(new ConnectionClosed("the client closed the connection"));
-    this.socket.end(() => this.socket.destroy()); // flush what is queued, then go
-
+    if (this.ended) this.socket.destroy();
+    else this.socket.end(() => this.socket.destroy()); // flush what is queued, then go
   }
 
   allocateMsgid() {
@@ -153,6 +167,16 @@ export class Client {
     this.socket.write(encodeFrame(message));
   }
 
+  /** After goaway: half-close once every call here is answered or abandoned. */
+  endIfDone() {
+    if (!this.goaway || this.ended || this.closedError) return;
+    // Writes are queued in order, so end() sends our EOF after all of them.
+    // Calls still pending finish on the half-open connection (§11.4); we
+    // half-close at once, and cancels for them are no longer possible.
+    this.ended = true;
+    this.socket.end();
+  }
+
   /** Handle one message from the server (after the hello). */
   receive(message) {
     if (!Array.isArray(message)) throw new ConnectionClosed("the server sent a non-array message");
@@ -164,6 +188,13 @@ export class Client {
       if (!waiter) return; // a late reply to an abandoned call: dropped
       if (error === null || error === undefined) waiter.resolve(result);
       else waiter.reject(new RemoteError(error.code, error.message, error.data));
+    } else if (type === NOTIFICATION && message[1] === "goaway" && this.version >= 2) {
+      const info = message[2]?.[0];
+      this.goaway = {
+        reason: typeof info?.reason === "string" ? info.reason : "unknown",
+        grace_ms: Number.isInteger(info?.grace_ms) ? info.grace_ms : 0,
+      };
+      this.endIfDone();
     } else if (type === NOTIFICATION && message[1] !== "hello") {
       this.onNotification?.(message[1], message[2]);
     }
@@ -178,38 +209,44 @@ export class Client {
 }
 
 /**
- * Connect, send the preamble and wait for the server's hello (§4.6).
- * Resolves to a Client; rejects on a failed connect, a timeout, or a close
- * (or an error notice) before the hello.
+ * Open one connection offering `version`: connect, send the preamble, wait for
+ * the hello (§4.6). Rejects on a failed connect, a timeout, or a close (or an
+ * error notice) before the hello; an "unsupported_version" notice rejects
+ * with a RemoteError of that code.
  */
-export function connect(host, port, { connectTimeoutMs = 10000, onNotification } = {}) {
+function dial(host, port, version, timeoutMs, onNotification, onClose) {
   return new Promise((resolve, reject) => {
     const socket = net.createConnection({ host, port });
-    const client = new Client(socket, { onNotification });
+    const conn = new Connection(socket, version, onNotification);
     let ready = false;
+    let notice = null;
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error(`connecting to ${host}:${port} timed out`));
-    }, connectTimeoutMs);
+      reject(new Error(`connecting to ${host}:${port} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
     const lost = (error) => {
       clearTimeout(timer);
-      if (!ready) reject(error);
-      client.fail(error instanceof ConnectionClosed ? error : new ConnectionClosed(String(error)));
+      if (!ready) reject(notice ?? error);
+      conn.fail(error instanceof ConnectionClosed ? error : new ConnectionClosed(String(error)));
+      onClose?.(conn);
     };
     socket.setNoDelay(true);
-    socket.on("connect", () => socket.write(PREAMBLE));
+    socket.on("connect", () => socket.write(version === 2 ? PREAMBLE_V2 : PREAMBLE));
     socket.on("error", lost);
     socket.on("close", () => lost(new ConnectionClosed("the server closed the connection")));
     socket.on("data", (chunk) => {
       try {
-        for (const message of client.reader.feed(chunk)) {
+        for (const message of conn.reader.feed(chunk)) {
           if (ready) {
-            client.receive(message);
+            conn.receive(message);
           } else if (message?.[0] === NOTIFICATION && message[1] === "hello") {
-            client.serverInfo = message[2][0];
+            conn.serverInfo = message[2][0];
             ready = true;
             clearTimeout(timer);
-            resolve(client);
+            resolve(conn);
+          } else if (message?.[0] === NOTIFICATION && message[1] === "error") {
+            const error = message[2]?.[0] ?? {};
+            notice = new RemoteError(error.code, error.message, error.data);
           } else {
             throw new ConnectionClosed(`expected the server's hello, got ${JSON.stringify(message)}`);
           }
@@ -220,4 +257,182 @@ export function connect(host, port, { connectTimeoutMs = 10000, onNotification }
       }
     });
   });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A client of one server address (a server, or a load balancer in front of
+ * many): calls go to its current connection, which it replaces when the
+ * server says goaway or the connection is lost (with `reconnect`).
+ */
+export class Client {
+  constructor(host, port, { connectTimeoutMs = 10000, onNotification, reconnect = true } = {}) {
+    this.host = host;
+    this.port = port;
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.onNotification = onNotification;
+    this.reconnect = reconnect;
+    this.current = null; // the connection new calls go to
+    this.connections = new Set(); // every open one: current and those draining
+    this.dialing = null; // the promise of a connection being made
+    this.backoffMs = 0; // the next wait between failed attempts; 0 after a success
+    this.closed = false;
+  }
+
+  /** The current connection's hello map (§4.6): protocol, server, max_frame, ... */
+  get serverInfo() {
+    return this.current?.serverInfo ?? null;
+  }
+
+  /** Call `method` with positional params; resolves to its result. */
+  call(method, ...params) {
+    return this.request(method, params);
+  }
+
+  /**
+   * Send a request (§4.2). Options: `timeoutMs` (sent as timeout_ms, and the
+   * bound on the whole call, retries included), and `signal` (an AbortSignal:
+   * on abort a cancel [3, msgid] is sent, the promise rejects with the
+   * signal's reason and the late reply is dropped). A call answered
+   * "unavailable" (§11.2) is sent again on a new connection, at most
+   * UNAVAILABLE_RETRIES times.
+   */
+  async request(method, params = [], { timeoutMs, signal } = {}) {
+    const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      const conn = await this.connection(deadline);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new RemoteError("timeout", `${method}: no reply within ${timeoutMs} ms`);
+      try {
+        return await conn.request(method, params, {
+          timeoutMs: timeoutMs === undefined ? undefined : left,
+          signal,
+        });
+      } catch (error) {
+        if (error instanceof GoingAway) continue; // the goaway came first: not sent
+        const retry = error instanceof RemoteError && error.code === "unavailable";
+        if (retry && this.reconnect && attempt < UNAVAILABLE_RETRIES) continue;
+        throw error;
+      }
+    }
+  }
+
+  /** Send a notification (§4.4): the server never answers it. */
+  async notify(method, ...params) {
+    for (;;) {
+      const conn = await this.connection(Infinity);
+      try {
+        return conn.notify(method, params);
+      } catch (error) {
+        if (!(error instanceof GoingAway)) throw error;
+      }
+    }
+  }
+
+  /** Close every connection; calls still waiting fail with ConnectionClosed. */
+  close() {
+    this.closed = true;
+    for (const conn of this.connections) conn.close();
+  }
+
+  /** A connection for a new call: the current one, or a new one (§11.4). */
+  async connection(deadline) {
+    for (;;) {
+      if (this.closed) throw new ConnectionClosed("the client closed the connection");
+      if (this.current?.usable) return this.current;
+      if (!this.reconnect && this.current) {
+        throw this.current.closedError ?? new ConnectionClosed("the server is going away");
+      }
+      if (!this.dialing) {
+        // Shared by every call waiting for a connection; its failure is theirs.
+        this.dialing = this.redial();
+        const done = () => {
+          this.dialing = null;
+        };
+        this.dialing.then(done, done);
+      }
+      const left = Math.min(deadline - Date.now(), this.connectTimeoutMs);
+      let timer;
+      const timeout = new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new ConnectionClosed(`no connection to ${this.host}:${this.port} in time`)),
+          Math.max(0, left),
+        );
+      });
+      try {
+        await Promise.race([this.dialing, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  }
+
+  /**
+   * Make a new current connection. After a goaway the first attempt is at
+   * once; after a lost connection or a failed attempt, attempts are spaced
+   * by the backoff, and they stop after connectTimeoutMs.
+   */
+  async redial() {
+    const started = Date.now();
+    let lastError = null;
+    for (;;) {
+      if (this.backoffMs) {
+        await sleep(this.backoffMs * (0.8 + 0.4 * Math.random()));
+      }
+      try {
+        this.install(await this.open(Math.max(1, this.connectTimeoutMs - (Date.now() - started))));
+        this.backoffMs = 0;
+        return;
+      } catch (error) {
+        lastError = error;
+        this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_FIRST_MS, this.backoffMs * 2));
+      }
+      if (this.closed || Date.now() - started >= this.connectTimeoutMs) {
+        throw new ConnectionClosed(
+          `cannot reconnect to ${this.host}:${this.port}: ${lastError?.message ?? lastError}`,
+        );
+      }
+    }
+  }
+
+  /** One connection, offering version 2 and falling back to 1 (§11.1). */
+  async open(timeoutMs) {
+    const onClose = (conn) => this.lostConnection(conn);
+    try {
+      return await dial(this.host, this.port, 2, timeoutMs, this.onNotification, onClose);
+    } catch (error) {
+      if (!(error instanceof RemoteError && error.code === "unsupported_version")) throw error;
+      return await dial(this.host, this.port, 1, timeoutMs, this.onNotification, onClose);
+    }
+  }
+
+  install(conn) {
+    if (this.closed) {
+      conn.close();
+      return;
+    }
+    this.current = conn;
+    this.connections.add(conn);
+  }
+
+  lostConnection(conn) {
+    this.connections.delete(conn);
+    // Lost without a goaway (a crash, a reset): the next attempt waits a little.
+    if (conn === this.current && !conn.goaway && !this.backoffMs) this.backoffMs = BACKOFF_FIRST_MS;
+  }
+}
+
+/**
+ * Connect to a trio_echo server (or a balancer in front of several) and
+ * resolve to a Client once the server's hello arrived. The first connection
+ * is not retried: a failure rejects at once. Options: connectTimeoutMs
+ * (default 10 s, also the bound on each reconnection), onNotification(method,
+ * params) for server notifications other than hello and goaway, and
+ * reconnect (default true; false makes a lost or retiring connection final).
+ */
+export async function connect(host, port, options = {}) {
+  const client = new Client(host, port, options);
+  client.install(await client.open(client.connectTimeoutMs));
+  return client;
 }

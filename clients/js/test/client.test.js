@@ -9,7 +9,14 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 
-import { ConnectionClosed, RemoteError, connect, encodeFrame, PREAMBLE } from "../trio_echo.js";
+import {
+  ConnectionClosed,
+  RemoteError,
+  connect,
+  encodeFrame,
+  PREAMBLE,
+  PREAMBLE_V2,
+} from "../trio_echo.js";
 
 let host = process.env.TRIO_ECHO_HOST ?? "127.0.0.1";
 let port = Number(process.env.TRIO_ECHO_PORT ?? 0);
@@ -52,13 +59,14 @@ function vector(name) {
 
 test("frames match protocol.md's test vectors", () => {
   assert.deepEqual(Buffer.from(PREAMBLE), vector("preamble"));
+  assert.deepEqual(Buffer.from(PREAMBLE_V2), vector("preamble-v2"));
   assert.deepEqual(encodeFrame([0, 1, "echo", ["hi"]]), vector("request"));
   assert.deepEqual(encodeFrame([0, 3, "echo", [Uint8Array.from([0, 255])]]), vector("request-bin"));
   assert.deepEqual(encodeFrame([3, 2]), vector("cancel"));
 });
 
-test("the hello arrives before connect resolves", () => {
-  assert.equal(client.serverInfo.protocol, 1);
+test("the hello arrives before connect resolves, for version 2", () => {
+  assert.equal(client.serverInfo.protocol, 2);
   assert.equal(typeof client.serverInfo.max_frame, "number");
 });
 
