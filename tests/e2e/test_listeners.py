@@ -237,3 +237,18 @@ def test_workers_share_one_unix_socket(tmp_path: Path) -> None:
         assert srv.proc.pid not in pids
         assert srv.stop() == 0
     assert not path.exists()
+
+
+def test_the_systemd_units_name_real_options() -> None:
+    from trio_echo.cli.main import build_parser
+
+    from helpers import ROOT
+
+    service = (ROOT / "deploy" / "trio-echo.service").read_text()
+    exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.split()[1:]
+    assert argv[0] == "serve"
+    args = build_parser().parse_args(argv)
+    assert args.port is None  # the sockets come from trio-echo.socket
+    socket_unit = (ROOT / "deploy" / "trio-echo.socket").read_text()
+    assert "ListenStream=" in socket_unit

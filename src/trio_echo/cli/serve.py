@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from .. import tls
+from ..logs import setup_logging
 from ..server.config import SETTINGS, ServerConfig, Setting
 from ..server.listeners import (
     ListenerError,
@@ -25,6 +26,12 @@ from ..server.listeners import (
     open_tcp_listeners,
     open_unix_listener,
     systemd_fds,
+)
+from ..server.metrics import (
+    TrioEchoCollector,
+    answer_metrics_requests,
+    snapshot,
+    start_metrics_server,
 )
 from ..server.server import Server
 from ..server.service import Service
@@ -80,6 +87,8 @@ def configure(sub: Any) -> None:
                 help=shown,
             )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # A --workers worker answers the supervisor's metrics requests on this socket.
+    p.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
 
@@ -155,22 +164,19 @@ def given(args: argparse.Namespace) -> list[Setting]:
     return [spec for spec in SETTINGS if spec.flag and hasattr(args, spec.name)]
 
 
-def setup_logging(level: str) -> None:
-    """Log one line per event to stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``trio-echo serve``; returns the exit code."""
     config = config_from_args(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         ssl_context = ssl_context_from_config(config)
-        server = Server(load_app(args.app) if args.app else None, config, ssl_context=ssl_context)
+        metrics = metrics_address(config)
+        server = Server(
+            load_app(args.app) if args.app else None,
+            config,
+            ssl_context=ssl_context,
+            metrics=metrics is not None or args.metrics_fd is not None,
+        )
     except ListenerError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 2
@@ -195,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
                     unix=config.unix,
                     unix_mode=config.unix_mode,
                     fds=fds,
+                    metrics=metrics,
                 )
             )
         return trio.run(
@@ -204,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
                 port,
                 ready_fd=args.ready_fd,
                 fds=fds,
+                metrics=metrics,
+                metrics_fd=args.metrics_fd,
             )
         )
     except ListenerError as exc:
@@ -212,6 +221,23 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"trio-echo serve: {exc}", file=sys.stderr)
         return 1
+
+
+def metrics_address(config: ServerConfig) -> tuple[str, int] | None:
+    """Where to serve /metrics, or None.
+
+    Raises:
+        ListenerError: prometheus-client is not installed.
+    """
+    if config.metrics_port is None:
+        return None
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ListenerError(
+            "--metrics-port needs prometheus-client: pip install 'trio-echo[metrics]'"
+        ) from None
+    return config.metrics_host, config.metrics_port
 
 
 def listen_port(args: argparse.Namespace, config: ServerConfig, fds: list[int]) -> int | None:
@@ -245,7 +271,15 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     are added by it)."""
     argv = []
     for spec in given(args):
-        if spec.name in ("port", "unix", "unix_mode", "workers", "reuse_port"):
+        if spec.name in (
+            "port",
+            "unix",
+            "unix_mode",
+            "workers",
+            "reuse_port",
+            "metrics_port",  # the supervisor serves the metrics of every worker
+            "metrics_host",
+        ):
             continue
         value = getattr(args, spec.name)
         argv += [spec.option] if isinstance(value, bool) else [spec.option, str(value)]
@@ -287,13 +321,17 @@ async def serve_until_signalled(
     *,
     ready_fd: int | None = None,
     fds: Sequence[int] = (),
+    metrics: tuple[str, int] | None = None,
+    metrics_fd: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
 
     Listens on TCP ``port`` (unless it is None) at the config's host, on the
     config's Unix socket (removed again when the server stops) and on the
-    inherited listening descriptors ``fds``. Returns 0 after a graceful
-    shutdown, 1 after a forced one.
+    inherited listening descriptors ``fds``. With ``metrics`` (host, port)
+    it serves Prometheus metrics there; a ``--workers`` worker answers its
+    supervisor's metrics requests on ``metrics_fd`` instead. Returns 0 after
+    a graceful shutdown, 1 after a forced one.
     """
     config = server.config
     forced = False
@@ -312,6 +350,7 @@ async def serve_until_signalled(
         unix_mode=config.unix_mode,
         fds=fds,
     )
+    stop_metrics: Callable[[], None] | None = None
     try:
         with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as nursery:
@@ -323,6 +362,10 @@ async def serve_until_signalled(
                     nursery.cancel_scope.cancel()  # drained: stop watching for signals
 
                 await nursery.start(serve_then_stop)
+                if metrics is not None:
+                    stop_metrics = _serve_metrics(server, *metrics)
+                if metrics_fd is not None:
+                    nursery.start_soon(answer_metrics_requests, server, metrics_fd)
                 mode = server.config.mode
                 log.info(
                     "trio-echo listening on %s (mode %s%s, pid %d)",
@@ -346,10 +389,28 @@ async def serve_until_signalled(
                         forced = True
                         nursery.cancel_scope.cancel()
     finally:
+        if stop_metrics is not None:
+            await trio.to_thread.run_sync(stop_metrics)
         if unix_file is not None:
             unix_file.remove()
     log.info("stopped%s", " (forced)" if forced else "")
     return 1 if forced else 0
+
+
+def _serve_metrics(server: Server, host: str, port: int) -> Callable[[], None]:
+    """Start the /metrics endpoint (a thread); return the function that stops it."""
+    token = trio.lowlevel.current_trio_token()
+
+    def take() -> dict[str, Any] | None:
+        try:
+            return trio.from_thread.run_sync(snapshot, server, trio_token=token)
+        except trio.RunFinishedError:
+            return None
+
+    _, bound, stop = start_metrics_server(TrioEchoCollector(take), host, port)
+    where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    log.info("metrics on http://%s/metrics", where)
+    return stop
 
 
 async def _drain_when_orphaned(server: Server) -> None:

@@ -36,6 +36,7 @@ from .. import wire
 
 __all__ = [
     "FROM_CONFIG",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "MODES",
     "SETTINGS",
@@ -51,6 +52,8 @@ __all__ = [
 MODES: Final = ("auto", *(m.value for m in wire.Mode))
 #: The values of ``log_level``.
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: The values of ``log_format``.
+LOG_FORMATS: Final = ("text", "json")
 
 
 class FromConfig(enum.Enum):
@@ -147,7 +150,7 @@ class ServerConfig:
     Frozen: make a changed copy with ``dataclasses.replace(config, max_frame=...)``.
     ``host``, ``port`` and ``reuse_port`` are where :meth:`Server.serve` listens
     unless it is told otherwise (``host=None``: every interface). ``unix``,
-    ``unix_mode``, the ``tls_*`` files, ``workers`` and ``log_level`` are read
+    ``unix_mode``, the ``tls_*`` files, ``workers``, ``log_*`` and ``metrics_*`` are read
     by ``trio-echo serve`` (listeners, the TLS context, processes, logging),
     not by a :class:`Server`: in Python, pass listeners to
     :meth:`Server.serve_listeners` and ``Server(ssl_context=...)``.
@@ -236,6 +239,19 @@ class ServerConfig:
         "closed. Only behind a trusted load balancer",
     )
     log_level: str = setting("info", help="logging level", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "text",
+        help="text lines, or one JSON object per line (ts, level, logger, message, fields)",
+        choices=LOG_FORMATS,
+    )
+    metrics_port: int | None = setting(
+        None,
+        PORT,
+        "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0 = any free port; "
+        "needs prometheus-client, the 'metrics' extra)",
+        convert=int,
+    )
+    metrics_host: str = setting("127.0.0.1", help="address of the metrics endpoint")
     debug: bool = setting(False, help="include tracebacks in internal error responses")
 
     def __post_init__(self) -> None:

@@ -83,7 +83,9 @@ class ConnectionState:
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
                     # A reset or a vanished peer is routine: one debug line, no traceback.
                     exc = group.exceptions[0]
-                    log.debug("connection %s lost: %s", self.peer, cause(exc))
+                    log.debug(
+                        "connection %s lost: %s", self.peer, cause(exc), extra={"peer": self.peer}
+                    )
         finally:
             if self.engine is not None:
                 self.engine.abandon()
@@ -148,7 +150,12 @@ class ConnectionState:
                 continue
             if isinstance(verdict, wire.ProtocolViolation):
                 server.count_error(verdict.code)
-                log.info("connection %s rejected: %s", self.peer, verdict.message)
+                log.info(
+                    "connection %s rejected: %s",
+                    self.peer,
+                    verdict.message,
+                    extra={"peer": self.peer, "code": verdict.code},
+                )
                 await self._send(wire.encode_error(None, verdict.code, verdict.message))
                 return None, prefix
             assert isinstance(verdict, Mode)

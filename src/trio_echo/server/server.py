@@ -35,6 +35,7 @@ from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
 from .connection import ConnectionState
 from .engine import RECEIVE_SIZE
 from .listeners import open_tcp_listeners as open_listeners
+from .metrics import UNKNOWN_METHOD, MethodMetrics, timed
 from .proxy import read_proxy_header
 from .service import HandlerKind, Method, Service
 
@@ -74,6 +75,8 @@ class Server:
             mutual TLS, one with ``verify_mode = CERT_REQUIRED`` and the
             clients' CA loaded). The handshake counts against
             ``max_connections``, and lasts at most ``tls_handshake_timeout``.
+        metrics: keep the per-method counters that Prometheus metrics show
+            (:mod:`.metrics`); off, the hot path does not count per method.
 
     Raises:
         ValueError: a setting is out of range, or a user method's name
@@ -87,6 +90,7 @@ class Server:
         config: ServerConfig | None = None,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        metrics: bool = False,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -124,6 +128,13 @@ class Server:
             for m in self.methods.values()
             if m.kind is HandlerKind.INLINE and not m.checks
         }
+        #: Per-method counters (plain ints) when metrics are on, else None.
+        self.metrics: dict[str, MethodMetrics] | None = None
+        if metrics:
+            self.metrics = {name: MethodMetrics() for name in [*self.methods, UNKNOWN_METHOD]}
+            self.inline_methods = {
+                name: timed(fn, self.metrics[name]) for name, fn in self.inline_methods.items()
+            }
         self.pooled_methods: dict[str, Method] = {
             m.name: m
             for m in self.methods.values()
@@ -217,7 +228,7 @@ class Server:
             await state.run()
         except Exception:
             # A bug must cost one connection, never the server.
-            log.exception("internal error on connection %s", state.peer)
+            log.exception("internal error on connection %s", state.peer, extra={"peer": state.peer})
         finally:
             self._conns.discard(state)
             self._bytes_in_closed += state.bytes_in
@@ -429,7 +440,7 @@ class Server:
                 if conn.engine is not None:
                     conn.engine.decoder.release()
                 if now - conn.last_active >= idle:
-                    log.debug("closing idle connection %s", conn.peer)
+                    log.debug("closing idle connection %s", conn.peer, extra={"peer": conn.peer})
                     conn.close_idle()
 
 

@@ -27,12 +27,19 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import trio
 
 from .listeners import UnixSocketFile, bind_unix_socket, check_listening_fd
+from .metrics import (
+    TrioEchoCollector,
+    ask_worker,
+    counters_only,
+    merge_snapshots,
+    start_metrics_server,
+)
 
 __all__ = ["reserve_port", "supervise"]
 
@@ -60,6 +67,11 @@ class _Worker:
         self.process: trio.Process | None = None
         self.started_at = 0.0
         self.early_deaths = 0
+        #: The supervisor's end of the worker's metrics socketpair (with --metrics-port).
+        self.metrics: trio.SocketStream | None = None
+        self.metrics_lock = trio.Lock()
+        #: The worker's last snapshot: what it still counts for once it is gone.
+        self.last: dict[str, Any] | None = None
 
 
 async def supervise(
@@ -71,6 +83,7 @@ async def supervise(
     unix: str | None = None,
     unix_mode: int = 0o600,
     fds: Sequence[int] = (),
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run ``count`` workers until a signal; return the exit code.
 
@@ -78,6 +91,8 @@ async def supervise(
     without its listeners (``--port``, ``--fd``) and ``--ready-fd``, which
     are added here. ``port`` None means no TCP listener; ``unix`` is bound
     here and shared, like the inherited listening descriptors ``fds``.
+    With ``metrics`` (host, port) the supervisor serves ``/metrics`` for the
+    whole server: the sum of its workers' counters (see :mod:`.metrics`).
 
     Raises:
         ListenerError: a listener cannot be set up (see :mod:`.listeners`).
@@ -105,7 +120,9 @@ async def supervise(
                 shown = host or "*"
                 where.insert(0, f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}")
                 listen_argv += ["--port", str(port)]
-            return await _supervise(worker_argv, count, listen_argv, shared, ", ".join(where))
+            return await _supervise(
+                worker_argv, count, listen_argv, shared, ", ".join(where), metrics
+            )
     finally:
         if unix_sock is not None:
             unix_sock.close()
@@ -119,14 +136,20 @@ async def _supervise(
     listen_argv: Sequence[str],
     shared: Sequence[int],
     where: str,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     restarts = 0
     stopping = False
+    stop_metrics: Callable[[], None] | None = None
     forced = False
     workers = [_Worker(i) for i in range(count)]
 
+    retired: dict[str, Any] = merge_snapshots([])  # what dead workers had counted
+
     async def start(worker: _Worker) -> None:
+        nonlocal retired
         read_fd, write_fd = os.pipe()
+        theirs: socket.socket | None = None
         try:
             argv = [
                 sys.executable,
@@ -138,11 +161,22 @@ async def _supervise(
                 "--ready-fd",
                 str(write_fd),
             ]
+            pass_fds = [write_fd, *shared]
+            if metrics is not None:
+                if worker.last is not None:
+                    retired = merge_snapshots([retired, counters_only(worker.last)])
+                    worker.last = None
+                ours, theirs = socket.socketpair()
+                worker.metrics = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+                argv += ["--metrics-fd", str(theirs.fileno())]
+                pass_fds.append(theirs.fileno())
             worker.process = await trio.lowlevel.open_process(
-                argv, pass_fds=(write_fd, *shared), stdin=subprocess.DEVNULL
+                argv, pass_fds=pass_fds, stdin=subprocess.DEVNULL
             )
         finally:
             os.close(write_fd)
+            if theirs is not None:
+                theirs.close()
         worker.started_at = trio.current_time()
         # The worker writes one byte once it listens; EOF means it died first.
         async with trio.lowlevel.FdStream(read_fd) as ready:
@@ -178,6 +212,24 @@ async def _supervise(
             async with trio.open_nursery() as starting:
                 for worker in workers:
                     starting.start_soon(start, worker)
+            if metrics is not None:
+
+                async def gather() -> dict[str, Any]:
+                    snaps = [retired]
+                    for worker in workers:
+                        snaps.append(await _ask(worker))
+                    return merge_snapshots(snaps)
+
+                token = trio.lowlevel.current_trio_token()
+
+                def take() -> dict[str, Any] | None:
+                    try:
+                        return trio.from_thread.run(gather, trio_token=token)
+                    except trio.RunFinishedError:
+                        return None
+
+                _, bound, stop_metrics = start_metrics_server(TrioEchoCollector(take), *metrics)
+                log.info("metrics on http://%s:%d/metrics (all workers)", metrics[0], bound)
             log.info(
                 "trio-echo supervisor listening on %s with %d workers (pid %d)",
                 where,
@@ -201,10 +253,25 @@ async def _supervise(
                 if not forced:
                     nursery.start_soon(_wait_all_then_cancel, workers, nursery.cancel_scope)
             # Unreachable: the signal loop only ends through the cancel above.
+    if stop_metrics is not None:
+        await trio.to_thread.run_sync(stop_metrics)
     codes = [w.process.returncode for w in workers if w.process is not None]
     failed = forced or any(code != 0 for code in codes)
     log.info("supervisor stopped (worker exit codes %s)", codes)
     return 1 if failed else 0
+
+
+async def _ask(worker: _Worker) -> dict[str, Any]:
+    """A worker's snapshot, or its last one if it does not answer within a second."""
+    stream = worker.metrics
+    if stream is not None:
+        async with worker.metrics_lock:
+            with trio.move_on_after(1.0):
+                try:
+                    worker.last = await ask_worker(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError, OSError):
+                    pass
+    return worker.last or merge_snapshots([])
 
 
 async def _wait_all_then_cancel(workers: list[_Worker], scope: trio.CancelScope) -> None:
