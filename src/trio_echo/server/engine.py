@@ -33,6 +33,7 @@ import functools
 import itertools
 import logging
 import math
+import time
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
@@ -42,6 +43,7 @@ import trio
 from .. import wire
 from ..errors import RemoteError
 from ..wire import ErrorCode
+from . import metrics as _metrics
 from . import sockio as _sockio
 from .service import HandlerKind, Method
 
@@ -81,6 +83,7 @@ class _Call:
         "method",
         "msgid",
         "params",
+        "received",
         "scope",
     )
 
@@ -104,6 +107,8 @@ class _Call:
         self.context = contextvars.copy_context()
         #: The worker's cancel scope while the call runs, else None.
         self.scope: trio.CancelScope | None = None
+        #: When it was received (trio clock), set only when metrics time it.
+        self.received = 0.0
 
 
 class MessageConnection:
@@ -374,6 +379,8 @@ class MessageConnection:
     ) -> bytes:
         code, message, data = self._failure(method, params, exc)
         self.server.count_error(code)
+        if self.server.metrics is not None:
+            _metrics.count(self.server.metrics, method.name, msgid, code)
         return self.server.pack([1, msgid, wire.error_map(code, message, data), None])
 
     def _failure(
@@ -390,7 +397,7 @@ class MessageConnection:
             message = f"{method.name}: result cannot be encoded as msgpack: {exc}"
             log.error("%s", message)
             return ErrorCode.INTERNAL, message, None
-        log.error("method %s raised", method.name, exc_info=exc)
+        log.error("method %s raised", method.name, exc_info=exc, extra={"method": method.name})
         data = None
         if self.server.debug:
             import traceback
@@ -406,6 +413,9 @@ class MessageConnection:
             self._start(event.msgid, event.method, event.params, event.options)
         elif type(event) is wire.Notification:
             server.notifications_total += 1
+            if server.metrics is not None:
+                stats = server.metrics.get(event.method) or server.metrics[_metrics.UNKNOWN_METHOD]
+                stats.notifications += 1
             self._start(None, event.method, event.params, None)
         elif type(event) is wire.Cancel:
             call = self.calls.get(event.msgid)
@@ -426,7 +436,14 @@ class MessageConnection:
         server.count_error(v.code)
         level = logging.DEBUG if self.logged_violation else logging.INFO
         self.logged_violation = True
-        log.log(level, "connection %s: %s: %s", self.state.peer, v.code, v.message)
+        log.log(
+            level,
+            "connection %s: %s: %s",
+            self.state.peer,
+            v.code,
+            v.message,
+            extra={"peer": self.state.peer, "code": v.code},
+        )
         self._reply_error(v.msgid, v.code, v.message)
         if v.fatal:
             self.closing = True
@@ -436,9 +453,14 @@ class MessageConnection:
             wire.encode_error(msgid, code, message, data, framed=self.framed, pack=self.server.pack)
         )
 
-    def _error(self, msgid: int | None, code: str, message: str) -> None:
-        """Answer a request with an error (notifications only count it)."""
+    def _error(self, msgid: int | None, code: str, message: str, name: str = "") -> None:
+        """Answer a request with an error (notifications only count it).
+
+        ``name`` is the method's, for the per-method metrics.
+        """
         self.server.count_error(code)
+        if self.server.metrics is not None:
+            _metrics.count(self.server.metrics, name, msgid, code)
         if msgid is not None:
             self._reply_error(msgid, code, message)
 
@@ -448,23 +470,26 @@ class MessageConnection:
         server = self.server
         method = server.methods.get(name)
         if method is None:
-            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {name!r}")
+            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {name!r}", name)
             return
         timeout = wire.timeout_of(options)
         if isinstance(timeout, wire.ProtocolViolation):
-            self._error(msgid, timeout.code, timeout.message)
+            self._error(msgid, timeout.code, timeout.message, name)
             return
         if msgid is not None and msgid in self.calls:
-            self._error(msgid, ErrorCode.MALFORMED, f"msgid {msgid} is already in flight")
+            self._error(msgid, ErrorCode.MALFORMED, f"msgid {msgid} is already in flight", name)
             return
         if server.requests_in_flight >= server.max_requests:
             self._error(
-                msgid, ErrorCode.OVERLOADED, f"server has {server.max_requests} requests in flight"
+                msgid,
+                ErrorCode.OVERLOADED,
+                f"server has {server.max_requests} requests in flight",
+                name,
             )
             return
         bad = method.check_params(params) if method.checks else None
         if bad is not None:
-            self._error(msgid, ErrorCode.INVALID_PARAMS, bad)
+            self._error(msgid, ErrorCode.INVALID_PARAMS, bad, name)
             return
         if method.kind is _INLINE:
             self._run_inline(msgid, method, params)
@@ -483,7 +508,7 @@ class MessageConnection:
                 awaitable = method.fn(*params)
             except TypeError as exc:
                 code, message, _ = self._failure(method, params, exc)
-                self._error(msgid, code, message)
+                self._error(msgid, code, message, method.name)
                 return
         else:
             awaitable = trio.to_thread.run_sync(
@@ -492,6 +517,8 @@ class MessageConnection:
                 abandon_on_cancel=True,
             )
         call = _Call(msgid, method, params, awaitable, deadline)
+        if server.metrics is not None:
+            call.received = trio.current_time()
         if msgid is not None:
             self.calls[msgid] = call
         self.active += 1
@@ -500,14 +527,21 @@ class MessageConnection:
 
     def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
         server = self.server
+        start = time.perf_counter() if server.metrics is not None else 0.0
         try:
             result = method.fn(*params)
+            seconds = time.perf_counter() - start
+            if msgid is not None:
+                body = server.pack([1, msgid, None, result])
+            if server.metrics is not None:
+                _metrics.count(server.metrics, method.name, msgid, "ok", seconds)
             if msgid is None:
                 return
-            body = server.pack([1, msgid, None, result])
         except Exception as exc:
             code, message, data = self._failure(method, params, exc)
             self.server.count_error(code)
+            if server.metrics is not None:
+                _metrics.count(server.metrics, method.name, msgid, code)
             if msgid is not None:
                 self._reply_error(msgid, code, message, data)
             return
@@ -640,6 +674,8 @@ class MessageConnection:
         if msgid is None:
             if error is not None:
                 server.count_error(error[0])
+            if server.metrics is not None:
+                _metrics.count(server.metrics, call.method.name, None, error[0] if error else "ok")
             return
         del self.calls[msgid]
         pack = server.pack
@@ -648,6 +684,10 @@ class MessageConnection:
                 body = pack([1, msgid, None, result])
             except Exception as exc:
                 error = self._failure(call.method, call.params, exc)
+        if server.metrics is not None:
+            seconds = trio.current_time() - call.received
+            code = "ok" if error is None else error[0]
+            _metrics.count(server.metrics, call.method.name, msgid, code, seconds)
         if error is not None:
             server.count_error(error[0])
             body = pack([1, msgid, wire.error_map(*error), None])
