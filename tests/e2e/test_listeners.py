@@ -241,6 +241,7 @@ def test_workers_share_one_unix_socket(tmp_path: Path) -> None:
 
 def test_the_systemd_units_name_real_options() -> None:
     from trio_echo.cli.main import build_parser
+    from trio_echo.cli.serve import config_from_args
 
     from helpers import ROOT
 
@@ -249,6 +250,8 @@ def test_the_systemd_units_name_real_options() -> None:
     argv = exec_start.split()[1:]
     assert argv[0] == "serve"
     args = build_parser().parse_args(argv)
-    assert args.port is None  # the sockets come from trio-echo.socket
+    assert not hasattr(args, "port")  # the sockets come from trio-echo.socket
+    config = config_from_args(args)
+    assert (config.log_format, config.metrics_port) == ("json", 9464)
     socket_unit = (ROOT / "deploy" / "trio-echo.socket").read_text()
     assert "ListenStream=" in socket_unit

@@ -333,6 +333,9 @@ class Server:
         self._handshaking += 1
         try:
             ok = await self._handshake(tls)
+        except BaseException:  # cancelled: the server is stopping
+            await trio.aclose_forcefully(tls)
+            raise
         finally:
             self._handshaking -= 1
         if ok and not self._draining:
