@@ -12,6 +12,7 @@
 //   client.close();
 
 import net from "node:net";
+import tls from "node:tls";
 import { decode, encode } from "@msgpack/msgpack";
 
 /** §2.1: magic "\x00TECHO\x00" then the version byte. */
@@ -214,9 +215,12 @@ class Connection {
  * error notice) before the hello; an "unsupported_version" notice rejects
  * with a RemoteError of that code.
  */
-function dial(host, port, version, timeoutMs, onNotification, onClose) {
+function dial(host, port, version, timeoutMs, onNotification, onClose, tlsOptions) {
   return new Promise((resolve, reject) => {
-    const socket = net.createConnection({ host, port });
+    // TLS wraps the byte stream unchanged: the same preamble and frames inside it.
+    const socket = tlsOptions
+      ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ...tlsOptions })
+      : net.createConnection({ host, port });
     const conn = new Connection(socket, version, onNotification);
     let ready = false;
     let notice = null;
@@ -231,7 +235,9 @@ function dial(host, port, version, timeoutMs, onNotification, onClose) {
       onClose?.(conn);
     };
     socket.setNoDelay(true);
-    socket.on("connect", () => socket.write(version === 2 ? PREAMBLE_V2 : PREAMBLE));
+    socket.on(tlsOptions ? "secureConnect" : "connect", () =>
+      socket.write(version === 2 ? PREAMBLE_V2 : PREAMBLE),
+    );
     socket.on("error", lost);
     socket.on("close", () => lost(new ConnectionClosed("the server closed the connection")));
     socket.on("data", (chunk) => {
@@ -267,8 +273,13 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * server says goaway or the connection is lost (with `reconnect`).
  */
 export class Client {
-  constructor(host, port, { connectTimeoutMs = 10000, onNotification, reconnect = true } = {}) {
+  constructor(
+    host,
+    port,
+    { connectTimeoutMs = 10000, onNotification, reconnect = true, tls: tlsOptions } = {},
+  ) {
     this.host = host;
+    this.tlsOptions = tlsOptions;
     this.port = port;
     this.connectTimeoutMs = connectTimeoutMs;
     this.onNotification = onNotification;
@@ -400,10 +411,14 @@ export class Client {
   async open(timeoutMs) {
     const onClose = (conn) => this.lostConnection(conn);
     try {
-      return await dial(this.host, this.port, 2, timeoutMs, this.onNotification, onClose);
+      return await dial(
+        this.host, this.port, 2, timeoutMs, this.onNotification, onClose, this.tlsOptions,
+      );
     } catch (error) {
       if (!(error instanceof RemoteError && error.code === "unsupported_version")) throw error;
-      return await dial(this.host, this.port, 1, timeoutMs, this.onNotification, onClose);
+      return await dial(
+        this.host, this.port, 1, timeoutMs, this.onNotification, onClose, this.tlsOptions,
+      );
     }
   }
 
@@ -429,7 +444,9 @@ export class Client {
  * is not retried: a failure rejects at once. Options: connectTimeoutMs
  * (default 10 s, also the bound on each reconnection), onNotification(method,
  * params) for server notifications other than hello and goaway, and
- * reconnect (default true; false makes a lost or retiring connection final).
+ * reconnect (default true; false makes a lost or retiring connection final),
+ * and tls: options for node:tls connect (ca, cert, key, servername, ...) to
+ * speak TLS; the server name defaults to host when host is a name.
  */
 export async function connect(host, port, options = {}) {
   const client = new Client(host, port, options);

@@ -11,18 +11,29 @@ import os
 import shutil
 import subprocess
 
-from helpers import ROOT, server_thread
+from helpers import ROOT, Pki, server_thread
 
 JS_DIR = ROOT / "clients" / "js"
 
 
-def test_js_client_against_a_live_server() -> None:
+def test_js_client_against_a_live_server(pki: Pki) -> None:
     node, npm = shutil.which("node"), shutil.which("npm")
     assert node and npm, "Node.js and npm are required (see .ci/run)"
     if not (JS_DIR / "node_modules" / "@msgpack" / "msgpack").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300)
-    with server_thread() as running:
-        env = {**os.environ, "TRIO_ECHO_HOST": "127.0.0.1", "TRIO_ECHO_PORT": str(running.port)}
+    with (
+        server_thread() as running,
+        server_thread(ssl_context=pki.server_context(mutual=True)) as tls_server,
+    ):
+        env = {
+            **os.environ,
+            "TRIO_ECHO_HOST": "127.0.0.1",
+            "TRIO_ECHO_PORT": str(running.port),
+            # clients/js/test/tls.test.js: mutual TLS with trustme's certificates.
+            "TRIO_ECHO_TLS_PORT": str(tls_server.port),
+            "TRIO_ECHO_TLS_CA": pki.ca_file,
+            "TRIO_ECHO_TLS_CLIENT": pki.client_cert_file,
+        }
         done = subprocess.run(
             [node, "--test"],
             cwd=JS_DIR,
@@ -34,3 +45,4 @@ def test_js_client_against_a_live_server() -> None:
         )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "# fail 0" in done.stdout and "# pass 0" not in done.stdout, done.stdout
+    assert "# skipped 0" in done.stdout, done.stdout  # the TLS tests ran too
