@@ -15,7 +15,7 @@ two reference servers written here, so the figures come with a ratio:
 It measures the engine's own decoding, dispatch and batching. The in-memory stream is
 not a socket, so the server takes the generic stream path here (``receive_some`` and
 ``send_all``, two checkpoints per read), not its direct socket path (one checkpoint per
-read, see ``trio_echo/_sockio.py``), and kernel time is not counted; over real sockets the
+read, see ``trio_echo/server/sockio.py``), and kernel time is not counted; over real sockets the
 server does better against the references than these ratios say. Needs valgrind
 (``apt-get install valgrind``)::
 

@@ -28,6 +28,7 @@ works on the decoded lists directly; every other input goes through
 from __future__ import annotations
 
 import enum
+import reprlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -338,29 +339,274 @@ def _bad_version(version: int) -> ProtocolViolation:
 
 
 # --- §3 Decoders -------------------------------------------------------------------
+#
+# Theory of operation. A decoder turns bytes into messages without ever holding a
+# partial message as decoded objects: a half-received message is kept as bytes (at
+# most max_frame of them) and decoded only once it is complete, so memory follows
+# the bytes a client sent, not the Python objects they would become (an empty array
+# is 1 byte on the wire and ~60 bytes as a list). Framed mode knows where a message
+# ends from its header; a bare msgpack-rpc stream finds the end with a msgpack
+# Unpacker that only skips (skip() parses at C speed and builds nothing).
+#
+# Decoding a complete message is bounded too. Each container (array or map) a
+# message holds costs memory and garbage-collector time, so a message may hold at
+# most ``max_containers`` of them; a message of n bytes holds at most n, so only
+# messages longer than max_containers bytes need counting. And a server hands
+# messages longer than ``large`` bytes out still encoded, as LargeMessage, to be
+# decoded a slice at a time by SlicedDecoder with a yield to the event loop between
+# slices: the worst message a client can build (4 MiB of 1-byte values is 4 million
+# objects) then costs other connections a few milliseconds at a time, not a second.
+
+#: A server decodes messages longer than this a slice at a time (see SlicedDecoder).
+LARGE_MESSAGE: Final = 64 * 1024
+#: The bytes one step of SlicedDecoder parses.
+SLICE: Final = 64 * 1024
+#: Default bound on the arrays and maps one message may hold (a server limit).
+DEFAULT_MAX_CONTAINERS: Final = 65536
+#: A msgpack nil: fed after a read to prove the read ended at a message boundary.
+_NIL: Final = b"\xc0"
+#: Why a well-formed msgpack message that uses an array or map as a map key is refused.
+MAP_KEY_UNSUPPORTED: Final = "an array or map used as a map key is not supported"
+#: Enough bytes to read a message's array header, type and msgid (§4.8).
+_HEAD: Final = 32
+#: msgpack's uint 8/16/32/64 markers and their widths.
+_UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+@dataclass(frozen=True, slots=True)
+class LargeMessage:
+    """One complete message, still encoded, too long to decode in one step.
+
+    Decoders made with ``large=N`` hand out messages longer than N bytes this
+    way; decode them with :class:`SlicedDecoder`.
+    """
+
+    data: bytes
+
+
+class _TooManyContainers(Exception):
+    pass
+
+
+def _container_counter(max_containers: int) -> Callable[[Any], Any]:
+    """A list_hook / object_hook that raises once a message built too many containers."""
+    count = 0
+
+    def hook(obj: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > max_containers:
+            raise _TooManyContainers
+        return obj
+
+    return hook
+
+
+def _too_many(max_containers: int) -> ProtocolViolation:
+    # Like a message over max_frame: a notice, then the connection closes (§6).
+    return ProtocolViolation(
+        ErrorCode.FRAME_TOO_LARGE,
+        f"message holds more than {max_containers} arrays and maps (max_containers)",
+        fatal=True,
+    )
+
+
+def decode_message(
+    data: bytes | bytearray | memoryview,
+    max_containers: int | None = None,
+    *,
+    stream: bool = False,
+) -> Any:
+    """Decode one complete message's bytes in one step.
+
+    Returns the decoded object or a :class:`ProtocolViolation`: ``malformed``
+    (not fatal, with the request's msgid when its first bytes are readable,
+    §4.8) for bytes that are not exactly one msgpack object or use an array or
+    map as a map key; ``frame_too_large`` (fatal, like a message over
+    max_frame) for more than ``max_containers`` arrays and maps. With
+    ``stream`` (a bare msgpack-rpc stream), bytes that do not decode are fatal
+    too: only the map-key case, a valid msgpack object, is answered and
+    survived.
+    """
+    if not data:
+        return ProtocolViolation(ErrorCode.MALFORMED, "empty frame")
+    try:
+        if max_containers is None or len(data) <= max_containers:
+            return msgpack.unpackb(data, strict_map_key=False)
+        hook = _container_counter(max_containers)
+        return msgpack.unpackb(data, strict_map_key=False, list_hook=hook, object_hook=hook)
+    except _TooManyContainers:
+        return _too_many(max_containers or 0)
+    except Exception as exc:
+        return _fatal_on_stream(_undecodable(exc, data), stream)
+
+
+def _fatal_on_stream(v: ProtocolViolation, stream: bool) -> ProtocolViolation:
+    if stream and not v.fatal and v.message != MAP_KEY_UNSUPPORTED:
+        return ProtocolViolation(v.code, v.message, fatal=True)
+    return v
+
+
+class SlicedDecoder:
+    """Decodes one :class:`LargeMessage` a slice of ``SLICE`` bytes per :meth:`step`.
+
+    msgpack's Unpacker resumes where it stopped, so the slices add up to one
+    decode; the caller yields to its event loop between steps. The result is
+    what :func:`decode_message` would return for the same bytes.
+    """
+
+    __slots__ = ("_data", "_pos", "_stream", "_unpacker", "max_containers", "result")
+
+    def __init__(
+        self, message: LargeMessage, max_containers: int | None = None, *, stream: bool = False
+    ) -> None:
+        data = message.data
+        n = len(data)
+        hooks: dict[str, Any] = {}
+        if max_containers is not None and n > max_containers:
+            hook = _container_counter(max_containers)
+            hooks = {"list_hook": hook, "object_hook": hook}
+        # No length inside the message can exceed the message (nor a container
+        # claim more items than it has bytes): a header cannot make the Unpacker
+        # allocate more than the bytes allow.
+        self._unpacker: msgpack.Unpacker | None = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            max_buffer_size=n,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n // 2,
+            max_ext_len=n,
+            **hooks,
+        )
+        self._data = data
+        self._pos = 0
+        # On a bare stream, bytes that do not decode are fatal (see StreamDecoder).
+        self._stream = stream
+        self.max_containers = max_containers
+        #: The decoded object (or a ProtocolViolation) once step() returned True.
+        self.result: Any = None
+
+    def step(self) -> bool:
+        """Parse the next slice; True once :attr:`result` is set."""
+        data = self._data
+        unpacker = self._unpacker
+        assert unpacker is not None, "step() after the result was set"
+        end = min(self._pos + SLICE, len(data))
+        unpacker.feed(memoryview(data)[self._pos : end])
+        self._pos = end
+        try:
+            obj = unpacker.unpack()
+        except msgpack.OutOfData:
+            if end < len(data):
+                return False
+            self.result = ProtocolViolation(
+                ErrorCode.MALFORMED, "undecodable msgpack: incomplete input", peek_msgid(data)
+            )
+        except _TooManyContainers:
+            self.result = _too_many(self.max_containers or 0)
+        except Exception as exc:
+            self.result = _undecodable(exc, data)
+        else:
+            if end < len(data) or unpacker.tell() < len(data):
+                self.result = ProtocolViolation(
+                    ErrorCode.MALFORMED,
+                    "frame holds more than one msgpack object",
+                    peek_msgid(data),
+                )
+            else:
+                self.result = obj
+        if type(self.result) is ProtocolViolation:
+            self.result = _fatal_on_stream(self.result, self._stream)
+        self._unpacker = None  # free its buffer and state
+        return True
+
+
+def peek_type(data: bytes | bytearray | memoryview) -> int | None:
+    """The message type of an encoded message, from its first two bytes, if they
+    are the usual fixarray + positive fixint (every message this protocol sends)."""
+    if len(data) >= 2 and 0x92 <= data[0] <= 0x95 and data[1] <= 0x7F:
+        return data[1]
+    return None
+
+
+def peek_msgid(data: bytes | bytearray | memoryview) -> int | None:
+    """The msgid of an encoded request whose first items are readable, else None.
+
+    An undecodable request is answered as a response when its msgid can be
+    read (§4.8); only the first bytes are parsed.
+    """
+    # The usual encodings by hand (a fixarray, type 0, a uint msgid): no Unpacker.
+    if len(data) >= 3 and data[0] in (0x94, 0x95) and data[1] == 0:
+        first = data[2]
+        if first <= 0x7F:
+            return first
+        width = _UINT_WIDTH.get(first)
+        if width is not None and len(data) >= 3 + width:
+            value = int.from_bytes(data[3 : 3 + width], "big")
+            return value if value <= MAX_MSGID else None
+    unpacker = msgpack.Unpacker(max_buffer_size=_HEAD)
+    unpacker.feed(data[:_HEAD])
+    try:
+        if unpacker.read_array_header() < 2:
+            return None
+        kind = unpacker.unpack()
+        msgid = unpacker.unpack()
+    except Exception:
+        return None
+    if type(kind) is int and kind == MessageType.REQUEST and _valid_msgid(msgid):
+        return msgid  # type: ignore[no-any-return]
+    return None
 
 
 class FrameDecoder:
-    """Splits a framed byte stream into decoded msgpack objects.
+    """Splits a framed byte stream into messages.
 
     :meth:`feed` returns, in order, one item per complete frame: the decoded
-    object, or a :class:`ProtocolViolation` for a frame whose body is not
-    exactly one msgpack object (or is empty). A header announcing more than
-    ``max_frame`` bytes yields a fatal ``frame_too_large`` violation before
-    any of its body is buffered, and the decoder accepts nothing after it.
+    object, a :class:`LargeMessage` (if ``large`` is set and the body is
+    longer), or a :class:`ProtocolViolation` for a body that does not decode
+    (see :func:`decode_message`). A header announcing more than ``max_frame``
+    bytes yields a fatal ``frame_too_large`` violation before any of its body
+    is buffered, and the decoder accepts nothing after it. :meth:`split`
+    returns the frames' bodies undecoded, and :meth:`rewind` undoes the
+    decoding of a feed's last items, for a caller that may not keep them as
+    objects.
     """
 
-    __slots__ = ("_buf", "_need", "dead", "max_frame")
+    __slots__ = (
+        "_buf",
+        "_last",
+        "_need",
+        "dead",
+        "large",
+        "max_containers",
+        "max_frame",
+        "pending",
+    )
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        max_containers: int | None = None,
+        large: int | None = None,
+    ) -> None:
         self.max_frame = max_frame
+        self.max_containers = max_containers
+        self.large = large
         # The start of an incomplete frame. It grows in place, so a frame
         # trickling in a byte at a time costs O(size), not O(size**2).
         self._buf = bytearray()
         # How many bytes _buf must hold before another frame can complete.
         self._need = HEADER_SIZE
+        #: Bytes the incomplete frame holds or, once its header is read, will
+        #: hold (the header's length: a server may budget for it up front).
+        self.pending = 0
         #: Set after a fatal violation; the stream cannot be resynchronised.
         self.dead = False
+        # The buffer the last feed parsed, from a frame boundary (see rewind).
+        self._last: bytes | bytearray = b""
 
     @property
     def buffered(self) -> int:
@@ -373,20 +619,33 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every frame they complete."""
+        return self._frames(data, True)
+
+    def split(self, data: bytes | bytearray) -> list[Any]:
+        """Like :meth:`feed`, but each complete frame's body comes out as bytes, undecoded."""
+        return self._frames(data, False)
+
+    def _frames(self, data: bytes | bytearray, decode: bool) -> list[Any]:
         if self.dead:
             return []
         out: list[Any] = []
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
+                self._account()
                 return out
             buf: bytes | bytearray = bytes(self._buf)
             self._buf = bytearray()
         else:
             buf = data
+        self._last = buf
         n = len(buf)
         off = 0
         max_frame = self.max_frame
+        large = self.large if self.large is not None else max_frame
+        limit = self.max_containers
+        # Bodies up to this long are decoded at once; longer ones need a look first.
+        quick = min(large, max_frame if limit is None else limit) if decode else -1
         view = None
         need = HEADER_SIZE
         unpack_header = _HEADER.unpack_from
@@ -409,228 +668,383 @@ class FrameDecoder:
                 # is buffered for this body is bounded.
                 need = HEADER_SIZE + length
                 break
-            if length == 0:
-                out.append(ProtocolViolation(ErrorCode.MALFORMED, "empty frame"))
+            # Large bodies are sliced through a memoryview: no slice copy.
+            if length > 2048:
+                if view is None:
+                    view = memoryview(buf)
+                body: bytes | bytearray | memoryview = view[off + HEADER_SIZE : end]
             else:
-                # Large bodies are decoded through a memoryview: no slice copy.
-                if length > 2048:
-                    if view is None:
-                        view = memoryview(buf)
-                    body: bytes | bytearray | memoryview = view[off + HEADER_SIZE : end]
-                else:
-                    body = buf[off + HEADER_SIZE : end]
+                body = buf[off + HEADER_SIZE : end]
+            if length <= quick:
+                # The usual case: short enough to decode at once, without counting.
                 try:
                     # raw=False is msgpack's default: str stays str (see unpackb()).
                     out.append(unpackb(body, strict_map_key=False))
                 except Exception as exc:
-                    out.append(_undecodable(exc))
+                    out.append(decode_message(body) if not length else _undecodable(exc, body))
+            elif not decode:
+                out.append(bytes(body))
+            elif length > large:
+                out.append(LargeMessage(bytes(body)))
+            else:
+                item = decode_message(body, limit)
+                out.append(item)
+                if type(item) is ProtocolViolation and item.fatal:
+                    self.dead = True
+                    break
             off = end
         if off < n and not self.dead:
             self._buf = bytearray(view[off:] if view is not None else buf[off:])
             self._need = need
         if view is not None:
             view.release()
+        if self._buf:
+            self._account()
+        else:
+            self.pending = 0
+        return out
+
+    def _account(self) -> None:
+        buffered = len(self._buf)
+        self.pending = max(buffered, self._need) if buffered >= HEADER_SIZE else buffered
+
+    def rewind(self, used: int) -> list[Any]:
+        """The items of the last feed from index ``used`` on, undecoded.
+
+        Each complete frame comes back as its body's bytes (a LargeMessage as
+        itself); a fatal violation at the end stays as it is. For a server
+        that may not hold decoded objects it cannot run yet.
+        """
+        buf = self._last
+        off = 0
+        unpack_header = _HEADER.unpack_from
+        for _ in range(used):
+            off += HEADER_SIZE + unpack_header(buf, off)[0]
+        out: list[Any] = []
+        large = self.large if self.large is not None else self.max_frame
+        while len(buf) - off >= HEADER_SIZE:
+            length = unpack_header(buf, off)[0]
+            end = off + HEADER_SIZE + length
+            if length > self.max_frame:
+                out.append(
+                    ProtocolViolation(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds max_frame ({self.max_frame})",
+                        fatal=True,
+                    )
+                )
+                break
+            if end > len(buf):
+                break
+            body = bytes(buf[off + HEADER_SIZE : end])
+            out.append(LargeMessage(body) if self.large is not None and length > large else body)
+            off = end
+        self._last = b""
         return out
 
 
-def _undecodable(exc: BaseException) -> ProtocolViolation:
+def _undecodable(exc: BaseException, data: bytes | bytearray | memoryview) -> ProtocolViolation:
     if isinstance(exc, msgpack.ExtraData):
-        return ProtocolViolation(ErrorCode.MALFORMED, "frame holds more than one msgpack object")
-    return ProtocolViolation(ErrorCode.MALFORMED, _describe(exc))
+        message = "frame holds more than one msgpack object"
+    elif isinstance(exc, TypeError) and "unhashable" in str(exc):
+        message = MAP_KEY_UNSUPPORTED
+    else:
+        message = _describe(exc)
+    return ProtocolViolation(ErrorCode.MALFORMED, message, peek_msgid(data))
 
 
 def _describe(exc: BaseException) -> str:
     detail = str(exc) or type(exc).__name__
-    return f"undecodable msgpack: {detail}"
+    return f"undecodable msgpack: {bounded(detail)}"
 
 
 class StreamDecoder:
-    """Splits a bare msgpack-rpc byte stream into decoded objects.
+    """Splits a bare msgpack-rpc byte stream into messages.
 
-    A bare stream has no length prefix, so any undecodable byte is fatal (the
-    stream cannot be resynchronised), and so is a message larger than
-    ``max_frame``. Output items are as for :class:`FrameDecoder`.
+    A bare stream has no length prefix. While no message is pending, each
+    read is decoded whole by a msgpack Unpacker at C speed (the hot path); a
+    nil fed after it proves the read ended on a message boundary. A read that
+    ends inside a message switches the decoder to bytes: the incomplete
+    message is kept as bytes and a skip-only Unpacker finds where it ends,
+    building nothing; complete messages are then decoded one by one. A message
+    longer than ``max_frame`` bytes, and bytes that are not msgpack, are fatal
+    (the stream cannot be resynchronised); a complete message that does not
+    decode (an array as a map key, too many containers) is not. Output items
+    are as for :class:`FrameDecoder`.
     """
 
-    __slots__ = ("_fed", "_scan", "_start", "_unpacker", "dead", "max_frame")
+    __slots__ = (
+        "_fast",
+        "_fast_read",
+        "_fatal",
+        "_last",
+        "_last_fast",
+        "_last_raw",
+        "_scanned",
+        "_scanner",
+        "_tail",
+        "dead",
+        "large",
+        "max_containers",
+        "max_frame",
+        "pending",
+    )
 
-    #: A feed that may hold a too-large message goes to the Unpacker this much
-    #: at a time, which bounds its buffer.
-    CHUNK: Final = 64 * 1024
+    #: Reads up to this long take the hot path when no message is pending.
+    FAST_READ: Final = 64 * 1024
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        max_containers: int | None = None,
+        large: int | None = None,
+    ) -> None:
         self.max_frame = max_frame
-        # The Unpacker costs ~45 KB, so it is created on first use only.
-        self._unpacker: msgpack.Unpacker | None = None
-        # Stream offsets: bytes fed so far, and where the message being
-        # decoded began. (Unpacker.tell() is no use for the latter: it also
-        # counts the bytes of a message the Unpacker has only partly parsed.)
-        self._fed = 0
-        self._start = 0
-        # None when _start is exact. Otherwise (data, base, count): _start is
-        # a message boundary inside `data` (whose first byte is stream offset
-        # `base`), `count` complete messages follow it in `data`, and the
-        # message being decoded begins after them (see _exact_start).
-        self._scan: tuple[bytes | bytearray, int, int] | None = None
+        self.max_containers = max_containers
+        self.large = large
+        self._fast_read = min(self.FAST_READ, max_frame)
+        # Decodes whole reads while no message is pending. It costs ~45 KB, so
+        # it is made on first use and freed by release() when the stream is quiet.
+        self._fast: msgpack.Unpacker | None = None
+        # The bytes of the pending (incomplete) message, from its first byte,
+        # or None on a message boundary.
+        self._tail: bytearray | None = None
+        # Skips through _tail to find where the pending message ends; its
+        # stream offset at _tail[0] is _scanned.
+        self._scanner: msgpack.Unpacker | None = None
+        self._scanned = 0
+        #: Bytes of the pending message held.
+        self.pending = 0
         self.dead = False
+        # What the last feed's items were decoded from (see rewind): the read
+        # the hot path decoded (its first _last_fast messages), then the
+        # bytes of each message decoded one by one.
+        self._last: bytes | bytearray = b""
+        self._last_fast = 0
+        self._last_raw: list[bytes] = []
+        self._fatal: ProtocolViolation | None = None
 
     @property
     def buffered(self) -> int:
-        """Bytes of the incomplete message held (raw or partly decoded)."""
-        if self._unpacker is None:
-            return 0
-        self._exact_start()
-        return self._fed - self._start
+        """Bytes of the incomplete message held."""
+        return self.pending
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
         out: list[Any] = []
-        unpacker = self._unpacker
-        if unpacker is None or self._fed + len(data) - self._start > self.max_frame:
-            self._feed_slowly(data, out)
+        if self.dead:
+            return out
+        if self._last_raw:
+            self._last_raw = []
+        # (A read no longer than max_frame cannot hold a message that is too large.)
+        if self._tail is None and len(data) <= self._fast_read:
+            fast = self._fast
+            if fast is None:
+                fast = self._fast = self._new_fast()
+            fast.feed(data)
+            try:
+                out.extend(fast)
+            except Exception as exc:
+                if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+                    # A header announcing more than max_frame: refused on the header.
+                    self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
+                    return out
+            else:
+                fast.feed(_NIL)
+                try:
+                    if fast.unpack() is None:  # the usual case: the read ended on a boundary
+                        self._last = data
+                        self._last_fast = len(out)
+                        return out
+                except Exception:
+                    pass  # the nil went into a pending message (OutOfData, or worse)
+            # The read ended inside a message (or held one that does not decode):
+            # the Unpacker's state is spoiled; redo the rest of the read as bytes.
+            self._fast = None
+            self._last = data
+            self._last_fast = len(out)
+            data = data[_skip(data, len(out)) :]
         else:
-            self._feed_within_limit(unpacker, data, out)  # the usual case: one read
+            self._last = b""
+            self._last_fast = 0
+        self._scan(data, out, True)
         return out
 
-    def _feed_within_limit(
-        self, unpacker: msgpack.Unpacker, data: bytes | bytearray, out: list[Any]
-    ) -> bool:
-        """Feed ``data`` and decode every message it completes, at C speed.
+    def split(self, data: bytes | bytearray) -> list[Any]:
+        """Like :meth:`feed`, but each complete message comes out as bytes, undecoded."""
+        out: list[Any] = []
+        if not self.dead:
+            self._last, self._last_fast, self._last_raw = b"", 0, []
+            self._scan(data, out, False)
+        return out
 
-        The caller checked that everything from the first incomplete message
-        on fits in max_frame (_start is never past that message's start), so
-        no message here can be too large and the Unpacker's buffer stays
-        within max_frame. Only the position of the message left incomplete
-        matters, and only if it grows large: note the end of the first message
-        completed and how many follow it (see _exact_start), and let the
-        Unpacker decode the rest. (Unpacker.tell() cannot say where an
-        incomplete message began: it also counts the bytes parsed of it.)
-        Returns False if the stream turned out to be fatally bad.
-        """
-        base = self._fed
-        unpacker.feed(data)
-        self._fed = base + len(data)
-        before = len(out)
-        try:
-            for obj in unpacker:
-                out.append(obj)
-                break
-            else:
-                return True  # nothing completed: the incomplete message is the same one
-            self._start = unpacker.tell()
-            self._scan = None
-            out.extend(unpacker)
-        except Exception as exc:
-            if len(out) > before:
-                self._scan = (data, base, len(out) - before - 1)
-            self._fail(unpacker, exc, out)
-            return False
-        if len(out) - before > 1:
-            self._scan = (data, base, len(out) - before - 1)
-        return True
+    def rewind(self, used: int) -> list[Any]:
+        """The items of the last feed from index ``used`` on, undecoded (see FrameDecoder)."""
+        out: list[Any] = []
+        data, fast = self._last, self._last_fast
+        if used < fast:
+            unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+            unpacker.feed(data)
+            for _ in range(used):
+                unpacker.skip()
+            start = unpacker.tell()
+            for _ in range(fast - used):
+                unpacker.skip()
+                end = unpacker.tell()
+                out.append(bytes(data[start:end]))
+                start = end
+        large = self.large
+        for raw in self._last_raw[max(0, used - fast) :]:
+            out.append(LargeMessage(raw) if large is not None and len(raw) > large else raw)
+        if self._fatal is not None:
+            out.append(self._fatal)
+        self._last, self._last_fast, self._last_raw = b"", 0, []
+        return out
 
-    def _exact_start(self) -> None:
-        """Make _start exact: skip the complete messages that _scan says follow it."""
-        if self._scan is None:
-            return
-        data, base, count = self._scan
-        self._scan = None
-        scratch = msgpack.Unpacker(max_buffer_size=len(data))
-        scratch.feed(memoryview(data)[self._start - base :])
-        for _ in range(count):
-            scratch.skip()
-        self._start += scratch.tell()
+    def _new_fast(self) -> msgpack.Unpacker:
+        limit = self.max_frame
+        return msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            max_buffer_size=self.FAST_READ + 16,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=limit,
+            max_map_len=limit // 2,
+            max_ext_len=limit,
+        )
 
-    def _feed_slowly(self, data: bytes | bytearray, out: list[Any]) -> None:
-        """A first feed, or a message that may exceed max_frame: a chunk at a time."""
-        if self.dead:
-            return
-        if self._unpacker is None:
-            # No single length inside a message can exceed the message.
-            limit = self.max_frame
-            self._unpacker = msgpack.Unpacker(
-                raw=False,
-                strict_map_key=False,
-                max_buffer_size=limit + 2 * self.CHUNK,
-                max_str_len=limit,
-                max_bin_len=limit,
-                max_array_len=limit,
-                max_map_len=limit // 2,
-                max_ext_len=limit,
+    def _scan(self, data: bytes | bytearray, out: list[Any], decode: bool) -> None:
+        """Bytes mode: find where messages end without decoding them; hand out each whole one."""
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = bytearray()
+        scanner = self._scanner
+        if scanner is None:
+            scanner = self._scanner = msgpack.Unpacker(
+                max_buffer_size=self.max_frame + self.FAST_READ + 16
             )
-        unpacker = self._unpacker
-        for start in range(0, len(data), self.CHUNK):
-            chunk = data[start : start + self.CHUNK]
-            if self._fed + len(chunk) - self._start <= self.max_frame:
-                ok = self._feed_within_limit(unpacker, chunk, out)
-            else:
-                unpacker.feed(chunk)
-                self._fed += len(chunk)
-                ok = self._drain_counting(unpacker, out)
-            if not ok:
-                return
-
-    def _drain_counting(self, unpacker: msgpack.Unpacker, out: list[Any]) -> bool:
-        """Decode message by message, checking each one's size against max_frame."""
-        self._exact_start()
+            self._scanned = 0
+        base = self._scanned
+        pos = 0
         max_frame = self.max_frame
-        while True:
-            try:
-                obj = unpacker.unpack()
-            except msgpack.OutOfData:
-                break
-            except Exception as exc:
-                self._fail(unpacker, exc, out)
-                return False
-            end = unpacker.tell()
-            if end - self._start > max_frame:
-                self._die(
-                    out,
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"message of {end - self._start} bytes exceeds max_frame ({max_frame})",
-                )
-                return False
-            self._start = end
-            out.append(obj)
-        if self._fed - self._start > max_frame:
+        chunk = self.FAST_READ
+        try:
+            for start in range(0, len(data), chunk):
+                piece = data[start : start + chunk]
+                tail += piece
+                scanner.feed(piece)
+                while True:
+                    try:
+                        scanner.skip()
+                    except msgpack.OutOfData:
+                        break
+                    end = scanner.tell() - base
+                    if end - pos > max_frame:
+                        self._die(
+                            out,
+                            ErrorCode.FRAME_TOO_LARGE,
+                            f"message of {end - pos} bytes exceeds max_frame ({max_frame})",
+                        )
+                        return
+                    raw = bytes(tail[pos:end])
+                    pos = end
+                    if not decode:
+                        out.append(raw)
+                        continue
+                    self._last_raw.append(raw)
+                    if self.large is not None and len(raw) > self.large:
+                        out.append(LargeMessage(raw))
+                        continue
+                    item = decode_message(raw, self.max_containers, stream=True)
+                    if type(item) is ProtocolViolation and item.fatal:
+                        self._die(out, item.code, item.message)
+                        return
+                    out.append(item)
+                if len(tail) - pos > max_frame:
+                    break  # refused below, once max_frame bytes of one message arrived
+        except Exception as exc:
+            # Not msgpack (or nested too deep): a bare stream cannot resynchronise.
+            if len(tail) - pos > max_frame:
+                self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
+            else:
+                self._die(out, ErrorCode.MALFORMED, _describe(exc))
+            return
+        if len(tail) - pos > max_frame:
             self._die(
                 out,
                 ErrorCode.FRAME_TOO_LARGE,
                 f"message of more than {max_frame} bytes exceeds max_frame",
             )
-            return False
-        return True
+            return
+        if pos:
+            del tail[:pos]
+            self._scanned = base + pos
+        if not tail:
+            self._tail = None  # on a boundary again: the next read takes the hot path
+        self.pending = len(tail)
 
-    def _fail(self, unpacker: msgpack.Unpacker, exc: Exception, out: list[Any]) -> None:
-        # tell() stops at the bad byte. An error past max_frame, or a length
-        # header announcing more than max_frame, means the message was too
-        # large before it was bad: report that, as a byte-at-a-time feed would.
-        self._exact_start()
-        if unpacker.tell() - self._start > self.max_frame or (
-            isinstance(exc, ValueError) and "exceeds max_" in str(exc)
-        ):
-            self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
-        else:
-            self._die(out, ErrorCode.MALFORMED, _describe(exc))
+    @property
+    def allocated(self) -> bool:
+        """True while the decoder keeps an Unpacker (~45 KB), which release() frees."""
+        return self._fast is not None or self._scanner is not None
 
     def release(self) -> bool:
-        """Free the ~45 KB Unpacker if no partial message is held (e.g. when idle).
+        """Free the ~45 KB Unpackers if no partial message is held (e.g. when idle).
 
-        The next :meth:`feed` makes a new one. Returns True if it was freed.
+        Returns True if something was freed.
         """
-        if self._unpacker is None:
+        if self._tail is not None or (self._fast is None and self._scanner is None):
             return False
-        self._exact_start()
-        if self._fed != self._start:
-            return False
-        self._unpacker = None
-        self._fed = self._start = 0  # offsets restart with the next Unpacker
+        self._fast = self._scanner = None
         return True
 
     def _die(self, out: list[Any], code: ErrorCode, message: str) -> None:
         self.dead = True
-        self._unpacker = None
-        out.append(ProtocolViolation(code, message, fatal=True))
+        self._fast = self._scanner = None
+        self._tail = None
+        self.pending = 0
+        self._fatal = ProtocolViolation(code, message, fatal=True)
+        out.append(self._fatal)
+
+
+def _skip(data: bytes | bytearray, count: int) -> int:
+    """The offset just after the first ``count`` messages in ``data``."""
+    if not count:
+        return 0
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    for _ in range(count):
+        unpacker.skip()
+    return unpacker.tell()  # type: ignore[no-any-return]
+
+
+def bounded(text: str, limit: int = 100) -> str:
+    """``text`` cut to ``limit`` characters (ending in ``...``), for quoting peer data."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib, plus bytes cut before they are converted (reprlib would repr them whole)."""
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        s = repr(x[: self.maxstring])
+        return s if len(x) <= self.maxstring else s[:-1] + "..." + s[-1]
+
+    def repr_bytearray(self, x: bytearray, level: int) -> str:
+        return f"bytearray({self.repr_bytes(bytes(x[: self.maxstring + 1]), level)})"
+
+
+_REPR = _BoundedRepr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 6
+
+
+def quote(value: Any, limit: int = 100) -> str:
+    """A ``repr`` of a value a peer sent, at most ``limit`` characters, built in bounded time."""
+    return bounded(_REPR.repr(value), limit)
 
 
 # --- §4 Message validation ---------------------------------------------------------
@@ -692,7 +1106,7 @@ def parse_message(obj: Any) -> Event:
         if n != 2 or not _valid_msgid(obj[1]):
             return ProtocolViolation(ErrorCode.MALFORMED, "a cancel is [3, msgid]")
         return Cancel(obj[1])
-    return ProtocolViolation(ErrorCode.MALFORMED, f"unknown message type {kind!r}")
+    return ProtocolViolation(ErrorCode.MALFORMED, f"unknown message type {quote(kind)}")
 
 
 def timeout_of(options: dict[Any, Any] | None) -> float | ProtocolViolation | None:
@@ -706,7 +1120,7 @@ def timeout_of(options: dict[Any, Any] | None) -> float | ProtocolViolation | No
     value = options["timeout_ms"]
     if type(value) not in (int, float) or not value > 0 or value != value or value == float("inf"):
         return ProtocolViolation(
-            ErrorCode.INVALID_PARAMS, f"timeout_ms must be a positive number, not {value!r}"
+            ErrorCode.INVALID_PARAMS, f"timeout_ms must be a positive number, not {quote(value)}"
         )
     return float(value) / 1000.0
 

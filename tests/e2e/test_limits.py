@@ -128,8 +128,15 @@ async def test_max_requests_is_server_wide_and_covers_every_handler_kind() -> No
                     assert isinstance(reply, ErrorResponse), reply
                     assert (reply.msgid, reply.code) == (msgid, ErrorCode.OVERLOADED)
                 await d.send(Notification("echo", [1]))  # refused too: only counted
-                assert error_code(await d.call(5, "ping")) == "overloaded"
+                assert error_code(await d.call(5, "echo", 5)) == "overloaded"
                 assert server.stats()["errors"]["overloaded"] == 6
+                # Monitoring never goes dark: ping, stats and methods still answer.
+                assert await d.call(8, "ping") == Response(8, "pong")
+                stats = await d.call(9, "stats")
+                assert isinstance(stats, Response) and stats.result["requests_in_flight"] == 3
+                methods = await d.call(10, "methods")
+                assert isinstance(methods, Response)
+                assert "ping" in [m["name"] for m in methods.result]
                 # Free one slot (cancel the async one): requests are served again.
                 await a.send(wire.Cancel(1))
                 assert error_code(await a.next_event()) == "cancelled"

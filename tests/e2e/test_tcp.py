@@ -268,7 +268,7 @@ async def test_quiet_msgpack_rpc_connection_frees_its_decoder() -> None:
             decoder = conn.engine.decoder
             assert isinstance(decoder, wire.StreamDecoder) and decoder.buffered == 0
             with trio.fail_after(10):
-                while decoder._unpacker is not None:  # noqa: ASYNC110 - the reaper ticks
+                while decoder.allocated:  # noqa: ASYNC110 - the reaper ticks
                     await trio.sleep(0.05)
             # The next message gets a fresh Unpacker.
             assert await peer.call(2, "echo", "y") == Response(2, "y")

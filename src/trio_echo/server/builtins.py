@@ -11,10 +11,13 @@ import trio
 from ..errors import InvalidParams
 from .service import Service
 
-__all__ = ["MAX_SLEEP_S", "builtin_service"]
+__all__ = ["MAX_SLEEP_S", "MONITORING", "builtin_service"]
 
 #: Upper bound of the ``sleep`` built-in, in seconds.
 MAX_SLEEP_S = 60.0
+#: Built-ins answered even at max_requests, so that monitoring never goes dark
+#: (as FbThrift's methodsBypassMaxRequestsLimit). No user method can take these names.
+MONITORING = frozenset({"ping", "stats", "methods"})
 
 
 def builtin_service(

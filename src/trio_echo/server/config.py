@@ -217,6 +217,24 @@ class ServerConfig:
         "close a connection that has sent nothing, and is owed nothing, this long "
         "(also before its first byte; 0 = never)",
     )
+    max_buffered_bytes: int = setting(
+        1024**3,
+        BYTES,
+        "bytes of partial messages and undecoded requests held, all connections together; "
+        "a connection whose next message would pass it gets overloaded and is closed",
+    )
+    max_containers: int = setting(
+        wire.DEFAULT_MAX_CONTAINERS,
+        COUNT,
+        "arrays and maps one message may hold; more is frame_too_large (bounds the memory "
+        "and time one message costs)",
+    )
+    write_timeout: float = setting(
+        60.0,
+        SECONDS,
+        "close a connection that is owed replies (or raw echo) and has accepted no byte "
+        "of them this long (0 = never)",
+    )
     threads: int = setting(16, COUNT, "worker threads for blocking=True handlers")
     grace: float = setting(
         10.0,

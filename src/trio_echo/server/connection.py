@@ -14,7 +14,7 @@ from .engine import RECEIVE_SIZE, MessageConnection, cause
 from .proxy import proxy_prelude
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .context import ServerContext
 
 __all__ = ["ConnectionState"]
 
@@ -27,6 +27,7 @@ class ConnectionState:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "ctx",
         "engine",
         "in_read",
         "last_active",
@@ -34,19 +35,26 @@ class ConnectionState:
         "raw",
         "read_scope",
         "seen_bytes_in",
-        "server",
+        "seen_bytes_out",
+        "sending_raw",
+        "stalled_since",
         "stop_requested",
         "stream",
         "version",
         "whole_scope",
     )
 
-    def __init__(self, server: Server, stream: trio.abc.Stream) -> None:
-        self.server = server
+    def __init__(self, ctx: ServerContext, stream: trio.abc.Stream) -> None:
+        self.ctx = ctx
         self.stream = stream
         self.bytes_in = 0
         self.bytes_out = 0
         self.seen_bytes_in = 0
+        # The write timeout (see Server._reap): bytes_out at the reaper's last
+        # look, and since when a send has made no progress.
+        self.seen_bytes_out = 0
+        self.stalled_since = 0.0
+        self.sending_raw = False
         self.last_active = trio.current_time()
         self.engine: MessageConnection | None = None
         self.raw = False
@@ -66,12 +74,39 @@ class ConnectionState:
             return self.bytes_out < self.bytes_in
         return self.engine is not None and self.engine.busy()
 
+    def sent(self, n: int) -> None:
+        """The peer accepted ``n`` more bytes (the write timeout's sign of progress)."""
+        self.bytes_out += n
+        self.ctx.bytes_out += n
+
+    def sending(self) -> bool:
+        """A send is under way (it may be stuck on a peer that does not read)."""
+        if self.raw:
+            return self.sending_raw
+        return self.engine is not None and self.engine.sending
+
     def stop_reading(self) -> None:
         self.stop_requested = True
         if self.in_read:
             self.read_scope.cancel()
 
     def close_idle(self) -> None:
+        self.whole_scope.cancel()
+
+    def trim(self) -> None:
+        """Free what a quiet connection need not keep (asked by the idle reaper)."""
+        if self.engine is not None:
+            self.engine.trim()
+
+    def write_timed_out(self) -> None:
+        """The peer accepted no byte of what it is owed for ``write_timeout``: close it."""
+        ctx = self.ctx
+        ctx.write_timeouts += 1
+        log.info(
+            "connection %s: no byte of its replies accepted for %gs; closing it (write_timeout)",
+            self.peer,
+            ctx.write_timeout,
+        )
         self.whole_scope.cancel()
 
     async def run(self) -> None:
@@ -99,13 +134,17 @@ class ConnectionState:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self.in_read = False
         self.bytes_in += len(data)
+        self.ctx.bytes_in += len(data)
         return data  # type: ignore[return-value]  # sockets give bytes
 
     async def _run(self) -> None:
-        verdict: Mode | None = None  # stays None if shutdown cancels the read below
+        # Shutdown cancels read_scope while the sniff waits for bytes: then there
+        # is no verdict, and the connection just closes.
+        verdict: Mode | None = None
+        prefix = b""
         with self.read_scope:
             first: bytes | None = b""
-            if self.server.proxy_protocol:
+            if self.ctx.proxy_protocol:
                 first = await proxy_prelude(self)
             if first is not None:
                 verdict, prefix = await self._sniff(first)
@@ -126,8 +165,8 @@ class ConnectionState:
 
         ``first`` holds bytes already read (those after a PROXY header).
         """
-        server = self.server
-        mode = server.mode
+        ctx = self.ctx
+        mode = ctx.mode
         prefix = b""
         verdict: Mode | wire.ProtocolViolation | bool | None
         while True:
@@ -149,7 +188,7 @@ class ConnectionState:
             if verdict is None:
                 continue
             if isinstance(verdict, wire.ProtocolViolation):
-                server.count_error(verdict.code)
+                ctx.count_error(verdict.code)
                 log.info(
                     "connection %s rejected: %s",
                     self.peer,
@@ -163,18 +202,20 @@ class ConnectionState:
 
     async def _send(self, data: bytes) -> None:
         await self.stream.send_all(data)
-        self.bytes_out += len(data)
+        self.sent(len(data))
 
     async def _raw_echo(self, first: bytes) -> None:
         """Compat mode: echo every byte back, in order, until EOF."""
         stream = self.stream
-        send_all = stream.send_all
+        ctx = self.ctx
         receive = _sockio.receiver(stream)
         fd = _sockio.socket_fd(stream)
         write_now = _sockio.write_now
+        send_all = _sockio.send_all
         self.raw = True
-        await send_all(first)
-        self.bytes_out += len(first)
+        self.sending_raw = True
+        await send_all(stream, fd, first, self)
+        self.sending_raw = False
         self.read_scope = trio.CancelScope()
         with self.read_scope:
             while not self.stop_requested:
@@ -183,11 +224,16 @@ class ConnectionState:
                 self.in_read = False
                 if not data:
                     break
-                self.bytes_in += len(data)
+                n = len(data)
+                self.bytes_in += n
+                ctx.bytes_in += n
                 sent = write_now(fd, data) if fd >= 0 else 0
-                if sent < len(data):
-                    await send_all(memoryview(data)[sent:])
-                self.bytes_out += len(data)
+                if sent:
+                    self.sent(sent)
+                if sent < n:
+                    self.sending_raw = True
+                    await send_all(stream, fd, memoryview(data)[sent:], self)
+                    self.sending_raw = False
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

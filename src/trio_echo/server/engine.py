@@ -19,10 +19,19 @@ first offered to the kernel with one non-blocking write, and a read costs one
 trip through Trio's scheduler, not two (see ``sockio``); Trio's ``send_all``
 is only needed when the socket's buffer is full.
 
-Backpressure: the reader stops reading while ``max_inflight`` requests are
-running on the connection or while the outbox holds more than
-``OUTBOX_HIGH_WATER`` bytes; a client that does not read therefore stalls its
-own requests in the kernel's buffers, not in our memory.
+Backpressure and hostile input: the reader stops reading while the outbox
+holds more than ``OUTBOX_HIGH_WATER`` bytes (a client that does not read
+stalls its own requests in the kernel's buffers, and ``write_timeout`` closes
+it if it never reads). At ``max_inflight`` a connection keeps reading, up to
+``FULL_READ_BUDGET`` bytes: new requests wait undecoded, as bytes, in
+``backlog`` (the decoder gives back what it decoded past the limit, see
+``wire.FrameDecoder.rewind``), while cancels are applied at once and a reset is
+seen at once; past the budget TCP backpressure takes over and the socket is
+checked for a reset once a second. Every byte a connection holds (a partial
+message, the backlog) counts against the server-wide ``max_buffered_bytes``.
+A message longer than ``wire.LARGE_MESSAGE`` is decoded a slice at a time with
+a checkpoint between slices, a few at once server-wide, so that one message
+cannot stall the event loop.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import functools
 import itertools
 import logging
 import math
+import os
 import time
+import traceback
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
@@ -60,11 +71,19 @@ RECEIVE_SIZE: Final = 65536
 OUTBOX_HIGH_WATER: Final = 1024 * 1024
 #: Idle worker tasks a connection keeps for its next async/blocking calls.
 MAX_PARKED_WORKERS: Final = 4
+#: At max_inflight a connection keeps reading (cancels, resets) until it holds this
+#: many bytes of undecoded requests and partial message; then TCP backpressure.
+FULL_READ_BUDGET: Final = 1024 * 1024
+#: A full connection past its budget is checked for a reset this often.
+RESET_POLL_S: Final = 1.0
 
 # Module globals are faster to reach than enum members on the hot path.
 _INLINE: Final = HandlerKind.INLINE
 _ASYNC: Final = HandlerKind.ASYNC
 _REQUEST: Final = 0
+_RESPONSE: Final = wire.MessageType.RESPONSE.value
+_CANCEL: Final = wire.MessageType.CANCEL.value
+_LARGE: Final = wire.LargeMessage
 _MAX_MSGID: Final = wire.MAX_MSGID
 # CPython compares two ints below 2**30 on a fast path, and MAX_MSGID is above
 # it, so msgids are first compared with this.
@@ -115,15 +134,14 @@ class MessageConnection:
     """The framed / msgpack-rpc stream engine of one connection (see module doc)."""
 
     def __init__(self, state: ConnectionState, framed: bool) -> None:
-        server = state.server
+        ctx = state.ctx
         self.state = state
-        self.server = server
+        self.ctx = ctx
         self.stream = state.stream
         self.framed = framed
-        max_frame = server.max_frame
         self.decoder: wire.FrameDecoder | wire.StreamDecoder = (
-            wire.FrameDecoder(max_frame) if framed else wire.StreamDecoder(max_frame)
-        )
+            wire.FrameDecoder if framed else wire.StreamDecoder
+        )(ctx.max_frame, max_containers=ctx.max_containers, large=wire.LARGE_MESSAGE)
         self.calls: dict[int, _Call] = {}
         self.active = 0  # requests + notifications running on this connection
         self.outbox: list[bytes] = []
@@ -146,9 +164,20 @@ class MessageConnection:
         self.reader: object | None = None
         self.reader_wanted = False
         self.read_done = trio.Event()
-        # Messages decoded but not yet started because the connection was at
-        # max_inflight; they go before anything read later.
-        self.backlog: list[Any] = []
+        # Messages read but not started, still encoded (bytes, a LargeMessage or,
+        # last, a fatal violation), because the connection was at max_inflight
+        # or they need a large decode; they go before anything read later.
+        self.backlog: collections.deque[Any] = collections.deque()
+        self.backlog_bytes = 0
+        # msgid -> how many requests with it wait in the backlog, and the ones
+        # among them a cancel reached before they started.
+        self.backlog_msgids: dict[int, int] = {}
+        self.cancelled_early: set[int] = set()
+        # Bytes this connection counts against ctx.buffered_bytes.
+        self.held = 0
+        # The reader's receive while the connection is full: cancelled when room frees.
+        self.wake_reader: trio.CancelScope | None = None
+        self.eof = False
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
@@ -156,7 +185,11 @@ class MessageConnection:
         self.receive = _sockio.receiver(self.stream)
 
     def busy(self) -> bool:
-        return bool(self.active or self.outbox or self.sending)
+        return bool(self.active or self.outbox or self.sending or self.backlog)
+
+    def trim(self) -> None:
+        """Free what a quiet connection need not keep (the decoder's buffers)."""
+        self.decoder.release()
 
     def abandon(self) -> None:
         """Account for calls cut short when the connection ends early.
@@ -165,21 +198,29 @@ class MessageConnection:
         workers, so their calls never reach ``_finish``.
         """
         if self.active:
-            self.server.requests_in_flight -= self.active
+            self.ctx.requests_in_flight -= self.active
             self.active = 0
         while self.queue:
             self.queue.popleft().awaitable.close()
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        self.ctx.buffered_bytes -= self.held
+        self.held = 0
 
     # --- the read loop -------------------------------------------------------------------
 
     async def run(self, initial: bytes) -> None:
-        server = self.server
+        ctx = self.ctx
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.framed:
-                hello = server.hellos[self.state.version]
-                self._enqueue(wire.encode_notification("hello", [hello], pack=server.pack))
-            self.backlog.extend(self.decoder.feed(initial))
+                hello = ctx.hellos[self.state.version]
+                self._enqueue(wire.encode_notification("hello", [hello], pack=ctx.pack))
+            items = self.decoder.feed(initial)
+            done = self._process(items)
+            if done < len(items):
+                self._hold(self.decoder.rewind(done))
+            self._account()
             await self._lead()
             # This task may have handed reading to a worker (see _lead).
             await self.read_done.wait()
@@ -240,7 +281,8 @@ class MessageConnection:
         """The body of _lead. Returns True when reading is over, None when
         another task reads now, False when ``scope`` must be replaced."""
         state = self.state
-        max_inflight = self.server.max_inflight
+        ctx = self.ctx
+        max_inflight = ctx.max_inflight
         receive = self.receive
         feed = self.decoder.feed
         process = self._process
@@ -257,8 +299,7 @@ class MessageConnection:
                 self.reader_wanted = False
                 self.reader = token
             if backlog:
-                done = process(backlog)
-                del backlog[:done]
+                await self._drain()
             if self.queue:
                 if not await self._run_session(on_block, scope, running):
                     return False
@@ -267,7 +308,7 @@ class MessageConnection:
                 await self._flush()
             if self.closing:  # a fatal error, reached in order (backlog first)
                 return True
-            while self.active >= max_inflight or (self.outbox and self._backed_up()):
+            while self.outbox and self._backed_up():
                 if state.stop_requested and not backlog:
                     break
                 # Shutdown may cut this wait short only if nothing read is
@@ -275,21 +316,167 @@ class MessageConnection:
                 state.in_read = not backlog
                 await self._wait_for_room()
                 state.in_read = False
-            if backlog:
+            if self.eof or state.stop_requested:
+                if not backlog:
+                    return True  # EOF or shutdown: answer what is in flight, then close
+                await self._wait_for_room()  # requests already read are answered too
                 continue
-            if state.stop_requested:
-                return True
+            if self.active >= max_inflight:
+                await self._listen_while_full()
+                continue
             state.in_read = True
             data = await receive(RECEIVE_SIZE)
             state.in_read = False
             if not data:
                 return True  # EOF: answer what is in flight, then close
-            state.bytes_in += len(data)
+            n = len(data)
+            state.bytes_in += n
+            ctx.bytes_in += n
             # The hot path: decode and answer at once (the backlog is empty here).
             items = feed(data)
             done = process(items)
             if done < len(items):
-                backlog.extend(items[done:])
+                self._hold(self.decoder.rewind(done))
+            if self.held or self.decoder.pending:
+                self._account()
+
+    async def _listen_while_full(self) -> None:
+        """At max_inflight: read on, holding new requests as bytes, until room frees.
+
+        Cancels are applied as they arrive, and a reset ends the connection at
+        once. Past FULL_READ_BUDGET bytes held, the rest stays in the kernel
+        (TCP backpressure) and the socket is checked for a reset once a second.
+        """
+        state = self.state
+        if self.held >= FULL_READ_BUDGET:
+            state.in_read = not self.backlog
+            with trio.move_on_after(RESET_POLL_S):
+                await self._wait_for_room()
+            state.in_read = False
+            error = _sockio.pending_error(self.stream)
+            if error:
+                raise ConnectionResetError(error, os.strerror(error))
+            return
+        with trio.CancelScope() as wake:
+            self.wake_reader = wake
+            state.in_read = not self.backlog
+            try:
+                data = await self.receive(RECEIVE_SIZE)
+            finally:
+                self.wake_reader = None
+                state.in_read = False
+        if wake.cancelled_caught:
+            return  # a call finished: room for the backlog
+        if not data:
+            self.eof = True  # half-closed: answer what was read, then close
+            return
+        state.bytes_in += len(data)
+        self.ctx.bytes_in += len(data)
+        self._hold(self.decoder.split(data))
+        self._account()
+
+    def _hold(self, raws: list[Any]) -> None:
+        """Keep messages that cannot start yet as bytes; apply cancels among them now."""
+        backlog = self.backlog
+        for raw in raws:
+            data = raw.data if type(raw) is _LARGE else raw
+            if type(data) is not bytes:  # a fatal violation: nothing follows it
+                backlog.append(raw)
+                continue
+            kind = wire.peek_type(data)
+            if kind == _CANCEL:
+                event = wire.parse_message(wire.decode_message(data))
+                if type(event) is wire.Cancel:
+                    self._cancel(event.msgid)
+                    continue
+            elif kind == _REQUEST:
+                msgid = wire.peek_msgid(data)
+                if msgid is not None:
+                    self.backlog_msgids[msgid] = self.backlog_msgids.get(msgid, 0) + 1
+            backlog.append(raw)
+            self.backlog_bytes += len(data)
+
+    async def _drain(self) -> None:
+        """Start what the backlog holds, in order, while there is room."""
+        backlog = self.backlog
+        ctx = self.ctx
+        while backlog and not self.closing:
+            raw = backlog[0]
+            large = type(raw) is _LARGE
+            data = raw.data if large else raw
+            if type(data) is not bytes:
+                backlog.popleft()
+                self._dispatch(data)  # the fatal violation that ended the input
+                break
+            kind = wire.peek_type(data)
+            if kind != _CANCEL and kind != _RESPONSE and self.active >= ctx.max_inflight:
+                break  # a request or notification (or what may be one): no room yet
+            backlog.popleft()
+            self.backlog_bytes -= len(data)
+            if kind == _REQUEST:
+                msgid = wire.peek_msgid(data)
+                if msgid is not None and self._leaves_backlog(msgid):
+                    # Cancelled before it started: answered, never run.
+                    ctx.requests_total += 1
+                    self._error(msgid, ErrorCode.CANCELLED, "cancelled by the client")
+                    continue
+            if large:
+                obj = await self._decode_large(raw)
+            else:
+                obj = wire.decode_message(data, ctx.max_containers, stream=not self.framed)
+            self._process([obj])
+        self._account()
+
+    def _leaves_backlog(self, msgid: int) -> bool:
+        """Book a request with ``msgid`` out of the backlog; True if it was cancelled there."""
+        left = self.backlog_msgids[msgid] - 1
+        if left:
+            self.backlog_msgids[msgid] = left
+        else:
+            del self.backlog_msgids[msgid]
+        if msgid in self.cancelled_early:
+            self.cancelled_early.discard(msgid)
+            return True
+        return False
+
+    async def _decode_large(self, message: wire.LargeMessage) -> Any:
+        """Decode a long message a slice at a time, yielding between slices."""
+        async with self.ctx.decoding:  # a few at once, server-wide (memory)
+            decoder = wire.SlicedDecoder(message, self.ctx.max_containers, stream=not self.framed)
+            while not decoder.step():
+                await trio.lowlevel.checkpoint()
+        return decoder.result
+
+    def _account(self) -> None:
+        """Count what the connection holds against the server's ingress budget."""
+        held = self.decoder.pending + self.backlog_bytes
+        delta = held - self.held
+        if not delta:
+            return
+        ctx = self.ctx
+        self.held = held
+        ctx.buffered_bytes += delta
+        if delta > 0 and ctx.buffered_bytes > ctx.max_buffered_bytes and not self.closing:
+            ctx.warn_once(
+                "max_buffered_bytes",
+                "max_buffered_bytes (%d) reached: closing connection %s (it held %d bytes)",
+                ctx.max_buffered_bytes,
+                self.state.peer,
+                held,
+            )
+            self._violation(
+                wire.ProtocolViolation(
+                    ErrorCode.OVERLOADED,
+                    f"the server's buffers for incoming messages are full "
+                    f"(max_buffered_bytes {ctx.max_buffered_bytes})",
+                    fatal=True,
+                )
+            )
+            # Nothing held is started now: give the bytes back at once.
+            self.backlog.clear()
+            self.backlog_bytes = 0
+            ctx.buffered_bytes -= self.held
+            self.held = 0
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -299,13 +486,11 @@ class MessageConnection:
         Stops early at a request or notification that would run past
         ``max_inflight``; the caller keeps the rest for later.
         """
-        server = self.server
+        ctx = self.ctx
         # While the server is at max_requests, requests take the slow path
-        # (which answers them `overloaded`).
-        get = (
-            server.inline_methods if server.requests_in_flight < server.max_requests else _NONE
-        ).get
-        pack = server.pack
+        # (which answers them `overloaded`, monitoring excepted).
+        get = (ctx.inline_methods if ctx.requests_in_flight < ctx.max_requests else _NONE).get
+        pack = ctx.pack
         framed = self.framed
         append = self.outbox.append
         calls = self.calls
@@ -339,49 +524,66 @@ class MessageConnection:
             ):
                 if fn is not None:
                     answered += 1
+                    # Calling and packing fail in different ways, so they are tried
+                    # apart (a try block costs nothing on Python 3.11+).
                     try:
-                        body = pack([1, msgid, None, fn(*params)])
+                        result = fn(*params)
                     except Exception as exc:
-                        body = self._inline_failure(server.methods[name], msgid, params, exc)
+                        body = self._inline_failure(ctx.methods[name], msgid, params, exc)
+                    else:
+                        try:
+                            body = pack([1, msgid, None, result])
+                        except Exception as exc:
+                            body = self._unencodable(ctx.methods[name], msgid, exc)
                     if framed:
                         append(len(body).to_bytes(4, "big"))
                     append(body)
                     continue
-                method = server.pooled_methods.get(name)
+                method = ctx.pooled_methods.get(name)
                 if (
                     method is not None
-                    and self.active < server.max_inflight
-                    and server.requests_in_flight < server.max_requests
+                    and self.active < ctx.max_inflight
+                    and ctx.requests_in_flight < ctx.max_requests
                 ):
                     other += 1
-                    server.requests_total += 1
+                    ctx.requests_total += 1
                     self._queue_call(msgid, method, params, math.inf)
-                    if server.requests_in_flight >= server.max_requests:
+                    if ctx.requests_in_flight >= ctx.max_requests:
                         get = _NONE.get
                     continue
-            if (
-                self.active >= server.max_inflight
+            if obj.__class__ is _LARGE or (
+                self.active >= ctx.max_inflight
                 and type(obj) is list
                 and obj
                 and obj[0] in (wire.MessageType.REQUEST, wire.MessageType.NOTIFICATION)
             ):
-                server.requests_total += answered
+                # No room (or a long message to decode a slice at a time): the
+                # caller keeps this and the rest, undecoded, for later.
+                ctx.requests_total += answered
                 return answered + other
             other += 1
             self._dispatch(wire.parse_message(obj))
-            if server.requests_in_flight >= server.max_requests:
+            if ctx.requests_in_flight >= ctx.max_requests:
                 get = _NONE.get
-        server.requests_total += answered
+        ctx.requests_total += answered
         return answered + other
 
     def _inline_failure(
         self, method: Method, msgid: int, params: list[Any], exc: Exception
     ) -> bytes:
         code, message, data = self._failure(method, params, exc)
-        self.server.count_error(code)
-        if self.server.metrics is not None:
-            _metrics.count(self.server.metrics, method.name, msgid, code)
-        return self.server.pack([1, msgid, wire.error_map(code, message, data), None])
+        self.ctx.count_error(code)
+        if self.ctx.metrics is not None:
+            _metrics.count(self.ctx.metrics, method.name, msgid, code)
+        return self.ctx.pack([1, msgid, wire.error_map(code, message, data), None])
+
+    def _unencodable(self, method: Method, msgid: int, exc: Exception) -> bytes:
+        """The error response for a result msgpack cannot encode."""
+        code, message, data = _pack_failure(method, exc)
+        self.ctx.count_error(code)
+        if self.ctx.metrics is not None:
+            _metrics.count(self.ctx.metrics, method.name, msgid, code)
+        return self.ctx.pack([1, msgid, wire.error_map(code, message, data), None])
 
     def _failure(
         self, method: Method, params: list[Any], exc: BaseException
@@ -393,36 +595,35 @@ class MessageConnection:
             bad = method.bad_call(params)
             if bad is not None:
                 return ErrorCode.INVALID_PARAMS, bad, None
-        if isinstance(exc, (ValueError, TypeError, OverflowError)) and _is_pack_error(exc):
-            message = f"{method.name}: result cannot be encoded as msgpack: {exc}"
-            log.error("%s", message)
-            return ErrorCode.INTERNAL, message, None
-        log.error("method %s raised", method.name, exc_info=exc, extra={"method": method.name})
-        data = None
-        if self.server.debug:
-            import traceback
-
-            data = "".join(traceback.format_exception(exc))
-        return ErrorCode.INTERNAL, f"{method.name}: {type(exc).__name__}: {exc}", data
+        # The exception's text may quote what the client sent: it is cut short,
+        # in the reply and in the log (the traceback's frames are the server's own).
+        summary = f"{type(exc).__name__}: {wire.bounded(str(exc), 200)}"
+        trace = "Traceback (most recent call last):\n" + "".join(
+            traceback.format_tb(exc.__traceback__)
+        )
+        record = log.makeRecord(
+            log.name, logging.ERROR, __file__, 0, "method %s raised", (method.name,),
+            (type(exc), exc, exc.__traceback__), extra={"method": method.name},
+        )  # fmt: skip
+        record.exc_text = trace + summary  # what handlers print for exc_info: bounded
+        log.handle(record)
+        data = trace + summary if self.ctx.debug else None
+        return ErrorCode.INTERNAL, f"{method.name}: {summary}", data
 
     def _dispatch(self, event: wire.Event) -> None:
         """The general path: every message that is not a fast-path request."""
-        server = self.server
+        ctx = self.ctx
         if type(event) is wire.Request:
-            server.requests_total += 1
+            ctx.requests_total += 1
             self._start(event.msgid, event.method, event.params, event.options)
         elif type(event) is wire.Notification:
-            server.notifications_total += 1
-            if server.metrics is not None:
-                stats = server.metrics.get(event.method) or server.metrics[_metrics.UNKNOWN_METHOD]
+            ctx.notifications_total += 1
+            if ctx.metrics is not None:
+                stats = ctx.metrics.get(event.method) or ctx.metrics[_metrics.UNKNOWN_METHOD]
                 stats.notifications += 1
             self._start(None, event.method, event.params, None)
         elif type(event) is wire.Cancel:
-            call = self.calls.get(event.msgid)
-            if call is not None:
-                call.cancelled_by_client = True
-                if call.scope is not None:
-                    call.scope.cancel()
+            self._cancel(event.msgid)
         elif type(event) is wire.ProtocolViolation:
             self._violation(event)
         else:
@@ -431,9 +632,18 @@ class MessageConnection:
                 wire.ProtocolViolation(ErrorCode.MALFORMED, "clients may not send responses")
             )
 
+    def _cancel(self, msgid: int) -> None:
+        """``[3, msgid]``: cancel that call if it runs, or before it starts if it waits."""
+        call = self.calls.get(msgid)
+        if call is not None:
+            call.cancelled_by_client = True
+            if call.scope is not None:
+                call.scope.cancel()
+        elif msgid in self.backlog_msgids:
+            self.cancelled_early.add(msgid)
+
     def _violation(self, v: wire.ProtocolViolation) -> None:
-        server = self.server
-        server.count_error(v.code)
+        self.ctx.count_error(v.code)
         level = logging.DEBUG if self.logged_violation else logging.INFO
         self.logged_violation = True
         log.log(
@@ -450,7 +660,7 @@ class MessageConnection:
 
     def _reply_error(self, msgid: int | None, code: str, message: str, data: Any = None) -> None:
         self._enqueue(
-            wire.encode_error(msgid, code, message, data, framed=self.framed, pack=self.server.pack)
+            wire.encode_error(msgid, code, message, data, framed=self.framed, pack=self.ctx.pack)
         )
 
     def _error(self, msgid: int | None, code: str, message: str, name: str = "") -> None:
@@ -458,19 +668,19 @@ class MessageConnection:
 
         ``name`` is the method's, for the per-method metrics.
         """
-        self.server.count_error(code)
-        if self.server.metrics is not None:
-            _metrics.count(self.server.metrics, name, msgid, code)
+        self.ctx.count_error(code)
+        if self.ctx.metrics is not None:
+            _metrics.count(self.ctx.metrics, name, msgid, code)
         if msgid is not None:
             self._reply_error(msgid, code, message)
 
     def _start(
         self, msgid: int | None, name: str, params: list[Any], options: dict[Any, Any] | None
     ) -> None:
-        server = self.server
-        method = server.methods.get(name)
+        ctx = self.ctx
+        method = ctx.methods.get(name)
         if method is None:
-            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {name!r}", name)
+            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {wire.quote(name)}", name)
             return
         timeout = wire.timeout_of(options)
         if isinstance(timeout, wire.ProtocolViolation):
@@ -479,11 +689,11 @@ class MessageConnection:
         if msgid is not None and msgid in self.calls:
             self._error(msgid, ErrorCode.MALFORMED, f"msgid {msgid} is already in flight", name)
             return
-        if server.requests_in_flight >= server.max_requests:
+        if ctx.requests_in_flight >= ctx.max_requests and name not in ctx.unlimited:
             self._error(
                 msgid,
                 ErrorCode.OVERLOADED,
-                f"server has {server.max_requests} requests in flight",
+                f"server has {ctx.max_requests} requests in flight",
                 name,
             )
             return
@@ -502,7 +712,7 @@ class MessageConnection:
         self, msgid: int | None, method: Method, params: list[Any], deadline: float
     ) -> None:
         """Hand an async or blocking call to the worker pool."""
-        server = self.server
+        ctx = self.ctx
         if method.kind is _ASYNC:
             try:
                 awaitable = method.fn(*params)
@@ -513,38 +723,43 @@ class MessageConnection:
         else:
             awaitable = trio.to_thread.run_sync(
                 functools.partial(method.fn, *params),
-                limiter=server.limiter,
+                limiter=ctx.limiter,
                 abandon_on_cancel=True,
             )
         call = _Call(msgid, method, params, awaitable, deadline)
-        if server.metrics is not None:
+        if ctx.metrics is not None:
             call.received = trio.current_time()
         if msgid is not None:
             self.calls[msgid] = call
         self.active += 1
-        server.requests_in_flight += 1
+        ctx.requests_in_flight += 1
         self.queue.append(call)
 
     def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
-        server = self.server
-        start = time.perf_counter() if server.metrics is not None else 0.0
+        ctx = self.ctx
+        start = time.perf_counter() if ctx.metrics is not None else 0.0
         try:
             result = method.fn(*params)
-            seconds = time.perf_counter() - start
-            if msgid is not None:
-                body = server.pack([1, msgid, None, result])
-            if server.metrics is not None:
-                _metrics.count(server.metrics, method.name, msgid, "ok", seconds)
-            if msgid is None:
-                return
         except Exception as exc:
             code, message, data = self._failure(method, params, exc)
-            self.server.count_error(code)
-            if server.metrics is not None:
-                _metrics.count(server.metrics, method.name, msgid, code)
+            ctx.count_error(code)
+            if ctx.metrics is not None:
+                _metrics.count(ctx.metrics, method.name, msgid, code)
             if msgid is not None:
                 self._reply_error(msgid, code, message, data)
             return
+        seconds = time.perf_counter() - start
+        if msgid is None:
+            if ctx.metrics is not None:
+                _metrics.count(ctx.metrics, method.name, msgid, "ok", seconds)
+            return
+        try:
+            body = ctx.pack([1, msgid, None, result])
+        except Exception as exc:
+            body = self._unencodable(method, msgid, exc)
+        else:
+            if ctx.metrics is not None:
+                _metrics.count(ctx.metrics, method.name, msgid, "ok", seconds)
         self._enqueue(wire.frame(body) if self.framed else body)
 
     # --- the worker pool for async and blocking handlers ----------------------------------
@@ -665,31 +880,35 @@ class MessageConnection:
 
     def _finish(self, call: _Call, result: Any, error: tuple[str, str, Any] | None) -> None:
         """Account for a call that is over and queue its reply."""
-        server = self.server
+        ctx = self.ctx
         msgid = call.msgid
         self.active -= 1
-        server.requests_in_flight -= 1
+        ctx.requests_in_flight -= 1
         if self.waiting:
             self.room.unpark_all()
+        if self.wake_reader is not None:
+            self.wake_reader.cancel()  # the reader listens while full: room for the backlog
         if msgid is None:
             if error is not None:
-                server.count_error(error[0])
-            if server.metrics is not None:
-                _metrics.count(server.metrics, call.method.name, None, error[0] if error else "ok")
+                ctx.count_error(error[0])
+            if ctx.metrics is not None:
+                _metrics.count(ctx.metrics, call.method.name, None, error[0] if error else "ok")
             return
         del self.calls[msgid]
-        pack = server.pack
+        pack = ctx.pack
+        body = b""
         if error is None:
             try:
                 body = pack([1, msgid, None, result])
             except Exception as exc:
-                error = self._failure(call.method, call.params, exc)
-        if server.metrics is not None:
+                error = _pack_failure(call.method, exc)
+        if ctx.metrics is not None:
             seconds = trio.current_time() - call.received
-            code = "ok" if error is None else error[0]
-            _metrics.count(server.metrics, call.method.name, msgid, code, seconds)
+            _metrics.count(
+                ctx.metrics, call.method.name, msgid, error[0] if error else "ok", seconds
+            )
         if error is not None:
-            server.count_error(error[0])
+            ctx.count_error(error[0])
             body = pack([1, msgid, wire.error_map(*error), None])
         if self.framed:
             self.outbox.append(len(body).to_bytes(4, "big"))
@@ -731,7 +950,7 @@ class MessageConnection:
         except OSError as exc:
             self._lost(exc)
             return True
-        self.state.bytes_out += sent
+        self.state.sent(sent)
         if sent < len(data):
             self.outbox = [data[sent:]]
             return False
@@ -745,9 +964,12 @@ class MessageConnection:
         try:
             while self.outbox:
                 data = self._take_outbox()
-                await self.stream.send_all(data)
-                self.state.bytes_out += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self.fd < 0 and len(data) <= _sockio.WRITE_PIECE:
+                    await self.stream.send_all(data)  # (the generic path, inlined)
+                    self.state.sent(len(data))
+                else:
+                    await _sockio.send_all(self.stream, self.fd, data, self.state)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._lost(exc)
         finally:
             self.sending = False
@@ -804,8 +1026,8 @@ def _resume(
                 return done.value
 
 
-def _is_pack_error(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(("engine.py", "wire.py"))
+def _pack_failure(method: Method, exc: Exception) -> tuple[str, str, Any]:
+    """The error for a handler whose result msgpack cannot encode (logged, no traceback)."""
+    message = f"{method.name}: result cannot be encoded as msgpack: {wire.bounded(str(exc), 200)}"
+    log.error("%s", message)
+    return ErrorCode.INTERNAL, message, None

@@ -70,7 +70,7 @@ async def proxy_prelude(conn: ConnectionState) -> bytes | None:
         log.debug("connection %s closed before its PROXY header", conn.peer)
         return None
     if isinstance(result, ProxyViolation):
-        conn.server.proxy_rejected += 1
+        conn.ctx.proxy_rejected += 1
         log.warning("connection %s refused (--proxy-protocol): %s", conn.peer, result.message)
         return None
     header, first = result

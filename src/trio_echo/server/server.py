@@ -21,7 +21,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import trio
@@ -30,14 +30,15 @@ from .. import wire
 from .._version import __version__
 from ..wire import ErrorCode
 from . import tlsconn
-from .builtins import builtin_service
+from .builtins import MONITORING, builtin_service
 from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
 from .connection import ConnectionState
+from .context import ServerContext
 from .engine import RECEIVE_SIZE
 from .listeners import open_tcp_listeners as open_listeners
 from .metrics import UNKNOWN_METHOD, MethodMetrics, timed
 from .proxy import read_proxy_header
-from .service import HandlerKind, Method, Service
+from .service import Method, Service
 
 __all__ = ["Server", "ServerConfig", "open_listeners", "serve", "serve_stream"]
 
@@ -116,51 +117,31 @@ class Server:
         self.ssl_context = ssl_context
         # TLS handshakes under way: they count against max_connections.
         self._handshaking = 0
-        self.limiter = trio.CapacityLimiter(config.threads)
         registry = builtin_service(self.stats, self.method_list)
         if service is not None:
             registry.include(service)
         self.service = registry
         self.methods: dict[str, Method] = registry.table()
-        # The engine's fast paths: handlers with no annotations to check first.
-        self.inline_methods: dict[str, Callable[..., Any]] = {
-            m.name: m.fn
-            for m in self.methods.values()
-            if m.kind is HandlerKind.INLINE and not m.checks
-        }
-        #: Per-method counters (plain ints) when metrics are on, else None.
-        self.metrics: dict[str, MethodMetrics] | None = None
-        if metrics:
-            self.metrics = {name: MethodMetrics() for name in [*self.methods, UNKNOWN_METHOD]}
-            self.inline_methods = {
-                name: timed(fn, self.metrics[name]) for name, fn in self.inline_methods.items()
-            }
-        self.pooled_methods: dict[str, Method] = {
-            m.name: m
-            for m in self.methods.values()
-            if m.kind is not HandlerKind.INLINE and not m.checks
-        }
-        self.pack = wire.make_packer()
         self.hello = {
             "protocol": wire.PROTOCOL_VERSION,
             "server": f"trio_echo/{__version__}",
             "max_frame": config.max_frame,
             "max_inflight": config.max_inflight,
         }
-        # The hello map of each protocol version: only "protocol" differs.
-        self.hellos = {v: {**self.hello, "protocol": v} for v in wire.PROTOCOL_VERSIONS}
+        #: What connections may touch: limits, method tables, counters.
+        self.ctx = ServerContext(config, self.methods, MONITORING, self.hello)
+        if metrics:
+            # Per-method counters (plain ints); quick handlers get a timing wrapper.
+            ctx = self.ctx
+            ctx.metrics = {name: MethodMetrics() for name in [*self.methods, UNKNOWN_METHOD]}
+            ctx.inline_methods = {
+                name: timed(fn, ctx.metrics[name]) for name, fn in ctx.inline_methods.items()
+            }
         # Counters (see stats()).
         self.started_at = time.monotonic()
         self.connections_total = 0
         self.connections_rejected = 0
-        self.proxy_rejected = 0
-        self.requests_total = 0
-        self.notifications_total = 0
         self.tls_handshake_failures = 0
-        self.requests_in_flight = 0
-        self.errors: dict[str, int] = {}
-        self._bytes_in_closed = 0
-        self._bytes_out_closed = 0
         self._conns: set[ConnectionState] = set()
         self._draining = False
         self._shutdown = trio.Event()
@@ -221,7 +202,7 @@ class Server:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over any Trio stream (sniffing its kind), then close it."""
-        state = ConnectionState(self, stream)
+        state = ConnectionState(self.ctx, stream)
         self.connections_total += 1
         self._conns.add(state)
         try:
@@ -231,8 +212,6 @@ class Server:
             log.exception("internal error on connection %s", state.peer, extra={"peer": state.peer})
         finally:
             self._conns.discard(state)
-            self._bytes_in_closed += state.bytes_in
-            self._bytes_out_closed += state.bytes_out
             if self._draining and not self._conns:
                 self._all_closed.set()
 
@@ -252,24 +231,62 @@ class Server:
         return self._shutdown.is_set()
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the server's counters (the ``stats`` built-in)."""
-        conns = self._conns
+        """A snapshot of the server's counters (the ``stats`` built-in).
+
+        O(1): running totals, whatever the number of connections.
+        """
+        ctx = self.ctx
         return {
-            "connections_open": len(conns),
+            "connections_open": len(self._conns),
             "connections_total": self.connections_total,
             "connections_rejected": self.connections_rejected,
-            "proxy_rejected": self.proxy_rejected,
-            "requests_total": self.requests_total,
-            "notifications_total": self.notifications_total,
+            "proxy_rejected": ctx.proxy_rejected,
+            "requests_total": ctx.requests_total,
+            "notifications_total": ctx.notifications_total,
             "tls_handshake_failures": self.tls_handshake_failures,
-            "requests_in_flight": self.requests_in_flight,
-            "errors": dict(self.errors),
-            "bytes_in": self._bytes_in_closed + sum(c.bytes_in for c in conns),
-            "bytes_out": self._bytes_out_closed + sum(c.bytes_out for c in conns),
+            "requests_in_flight": ctx.requests_in_flight,
+            "errors": dict(ctx.errors),
+            "bytes_in": ctx.bytes_in,
+            "bytes_out": ctx.bytes_out,
+            "buffered_bytes": ctx.buffered_bytes,
+            "write_timeouts": ctx.write_timeouts,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "pid": os.getpid(),
             "server": self.hello["server"],
         }
+
+    # The counters live in the context the connections share; these read them.
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests and notifications running now, server-wide."""
+        return self.ctx.requests_in_flight
+
+    @property
+    def requests_total(self) -> int:
+        return self.ctx.requests_total
+
+    @property
+    def notifications_total(self) -> int:
+        return self.ctx.notifications_total
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Errors reported since start, by code."""
+        return self.ctx.errors
+
+    @property
+    def proxy_rejected(self) -> int:
+        return self.ctx.proxy_rejected
+
+    @property
+    def hellos(self) -> dict[int, dict[str, Any]]:
+        return self.ctx.hellos
+
+    @property
+    def metrics(self) -> dict[str, MethodMetrics] | None:
+        """Per-method counters when the server was made with ``metrics=True``, else None."""
+        return self.ctx.metrics
 
     def method_list(self) -> list[dict[str, str]]:
         """``{"name", "doc"}`` for every method (the ``methods`` built-in)."""
@@ -278,7 +295,7 @@ class Server:
     # --- internals ----------------------------------------------------------------
 
     def count_error(self, code: str) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
+        self.ctx.count_error(code)
 
     async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
         """Accept until cancelled (which closes the listener).
@@ -424,24 +441,35 @@ class Server:
                 )
 
     async def _reap_idle(self) -> None:
-        """Close connections idle for idle_timeout; free quiet ones' decoder buffers.
+        """Close idle connections and stuck writers; free quiet ones' decoder buffers.
 
         It runs even with idle_timeout = 0: a msgpack-rpc stream's decoder
         holds ~45 KB while it has seen bytes lately, and is trimmed here after
-        a quiet tick, so thousands of idle connections stay cheap.
+        a quiet tick, so thousands of idle connections stay cheap. A connection
+        whose send has made no progress for write_timeout (a client that sends
+        requests and never reads the replies) is closed here too; the hot path
+        only bumps byte counters.
         """
         idle = self.idle_timeout if self.idle_timeout and self.idle_timeout > 0 else math.inf
-        tick = min(1.0, idle / 4)
+        write_timeout = self.config.write_timeout
+        stuck = write_timeout if write_timeout > 0 else math.inf
+        tick = min(1.0, idle / 4, stuck / 4)
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
             for conn in list(self._conns):
+                if conn.sending() and conn.bytes_out == conn.seen_bytes_out:
+                    if now - conn.stalled_since >= stuck:
+                        conn.write_timed_out()
+                        continue
+                else:
+                    conn.seen_bytes_out = conn.bytes_out
+                    conn.stalled_since = now
                 if conn.bytes_in != conn.seen_bytes_in or conn.busy():
                     conn.seen_bytes_in = conn.bytes_in
                     conn.last_active = now
                     continue
-                if conn.engine is not None:
-                    conn.engine.decoder.release()
+                conn.trim()
                 if now - conn.last_active >= idle:
                     log.debug("closing idle connection %s", conn.peer, extra={"peer": conn.peer})
                     conn.close_idle()

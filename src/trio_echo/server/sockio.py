@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
 
 import trio
+
+#: Writes through a stream's own send_all go in pieces of this size, so that the
+#: write timeout sees progress, not only the end of a whole large reply.
+WRITE_PIECE: Final = 64 * 1024
 
 
 def socket_fd(stream: trio.abc.Stream) -> int:
@@ -59,3 +65,55 @@ def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:
         return os.write(fd, data)
     except BlockingIOError:
         return 0
+
+
+class Progress(Protocol):
+    """What a send reports its progress to (the write timeout watches it)."""
+
+    def sent(self, n: int) -> None: ...
+
+
+async def send_all(
+    stream: trio.abc.Stream, fd: int, data: bytes | bytearray | memoryview, progress: Progress
+) -> None:
+    """Send all of ``data``, reporting each piece the peer accepts to ``progress``.
+
+    With a descriptor (see :func:`socket_fd`) the socket is written directly,
+    waiting for writability only when the kernel takes nothing; otherwise the
+    stream's own ``send_all`` gets ``WRITE_PIECE`` bytes at a time, so that a
+    slow reader of a large reply still shows progress.
+    """
+    if fd < 0:
+        if len(data) <= WRITE_PIECE:
+            await stream.send_all(data)
+            progress.sent(len(data))
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_PIECE):
+            piece = view[start : start + WRITE_PIECE]
+            await stream.send_all(piece)
+            progress.sent(len(piece))
+        return
+    view = memoryview(data)
+    while view:
+        sent = write_now(fd, view)
+        if sent:
+            progress.sent(sent)
+            view = view[sent:]
+        else:
+            await trio.lowlevel.wait_writable(fd)
+
+
+def pending_error(stream: trio.abc.Stream) -> int:
+    """The socket's pending error (``ECONNRESET`` once the peer reset it), else 0.
+
+    For a connection the server is not reading (its buffers are full), this is how
+    a reset is noticed without consuming the bytes waiting in the kernel.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return 0
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError as exc:
+        return exc.errno or 0

@@ -1,0 +1,126 @@
+"""What a connection may touch of its server: limits, method tables, the packer, counters.
+
+The :class:`~trio_echo.server.server.Server` makes one :class:`ServerContext`
+and hands it to every connection. Connections read its limits and tables and
+bump its counters; they never see the server itself, so imports run one way
+(server -> connection -> engine -> context, service and the sans-IO wire).
+The counters are plain attributes, updated in place on the hot path and read
+by ``stats()``, which is therefore O(1) whatever the number of connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+
+from .. import wire
+from .config import ServerConfig
+from .metrics import MethodMetrics
+from .service import HandlerKind, Method
+
+__all__ = ["ServerContext"]
+
+log = logging.getLogger("trio_echo")
+
+#: Large messages (see wire.SlicedDecoder) decoded at once, server-wide: each may
+#: need tens of MiB of objects while it is decoded, so only a few at a time.
+LARGE_DECODES: Final = 2
+#: A warning that every connection could repeat is logged at most this often.
+WARN_EVERY_S: Final = 10.0
+
+
+class ServerContext:
+    """A server's limits, method tables, packer and counters (see the module doc)."""
+
+    __slots__ = (
+        "_warned_at",
+        "buffered_bytes",
+        "bytes_in",
+        "bytes_out",
+        "debug",
+        "decoding",
+        "errors",
+        "hellos",
+        "inline_methods",
+        "limiter",
+        "max_buffered_bytes",
+        "max_containers",
+        "max_frame",
+        "max_inflight",
+        "max_requests",
+        "methods",
+        "metrics",
+        "mode",
+        "notifications_total",
+        "pack",
+        "pooled_methods",
+        "proxy_protocol",
+        "proxy_rejected",
+        "requests_in_flight",
+        "requests_total",
+        "unlimited",
+        "write_timeout",
+        "write_timeouts",
+    )
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        methods: dict[str, Method],
+        unlimited: frozenset[str],
+        hello: dict[str, Any],
+    ) -> None:
+        self.mode = config.pinned_mode
+        self.methods = methods
+        #: Methods answered even at max_requests (monitoring must not go dark).
+        self.unlimited = unlimited
+        # The engine's fast paths: handlers with no annotations to check first.
+        self.inline_methods: dict[str, Callable[..., Any]] = {
+            m.name: m.fn for m in methods.values() if m.kind is HandlerKind.INLINE and not m.checks
+        }
+        self.pooled_methods: dict[str, Method] = {
+            m.name: m for m in methods.values() if m.kind is not HandlerKind.INLINE and not m.checks
+        }
+        #: The hello map of each protocol version: only "protocol" differs.
+        self.hellos = {v: {**hello, "protocol": v} for v in wire.PROTOCOL_VERSIONS}
+        # The settings connections read, as plain attributes: the engine's fast
+        # path reads some of them for every request.
+        self.max_frame = config.max_frame
+        self.max_inflight = config.max_inflight
+        self.max_requests = config.max_requests
+        self.max_containers = config.max_containers
+        self.max_buffered_bytes = config.max_buffered_bytes
+        self.write_timeout = config.write_timeout
+        self.proxy_protocol = config.proxy_protocol
+        self.debug = config.debug
+        self.pack = wire.make_packer()
+        self.limiter = trio.CapacityLimiter(config.threads)
+        self.decoding = trio.Semaphore(LARGE_DECODES)
+        # Counters (see Server.stats).
+        self.requests_total = 0
+        self.notifications_total = 0
+        self.requests_in_flight = 0
+        self.errors: dict[str, int] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Bytes of partial messages and undecoded backlog held, all connections.
+        self.buffered_bytes = 0
+        self.write_timeouts = 0
+        self.proxy_rejected = 0
+        #: Per-method counters (see .metrics) when metrics are on, else None.
+        self.metrics: dict[str, MethodMetrics] | None = None
+        self._warned_at: dict[str, float] = {}
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning that many connections could repeat, at most once per WARN_EVERY_S."""
+        now = trio.current_time()
+        last = self._warned_at.get(key)
+        if last is None or now - last >= WARN_EVERY_S:
+            self._warned_at[key] = now
+            log.warning(message, *args)
