@@ -21,6 +21,62 @@ def test_every_export_resolves() -> None:
         assert getattr(trio_echo, name) is not None, name
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, where nothing has been imported yet."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_blocking_client_imports_no_trio() -> None:
+    done = _python(
+        "import sys, trio_echo\n"
+        "assert 'trio' not in sys.modules, 'import trio_echo'\n"
+        "trio_echo.connect, trio_echo.BlockingClient, trio_echo.RemoteError, trio_echo.wire\n"
+        "from trio_echo import connect_unix, ConnectionClosed, NotificationHandler\n"
+        "assert 'trio' not in sys.modules, sorted(m for m in sys.modules if 'trio' in m)\n"
+        "assert 'trio_echo.server' not in sys.modules\n"
+        "trio_echo.open_client\n"
+        "assert 'trio' in sys.modules\n"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_public_names_are_lazy_but_complete() -> None:
+    done = _python(
+        "import sys, trio_echo\n"
+        "names = set(trio_echo.__all__)\n"
+        "assert names <= set(dir(trio_echo)), names - set(dir(trio_echo))\n"
+        "assert trio_echo.Method is __import__('trio_echo.server.service').server.service.Method\n"
+        "assert 'Method' in vars(trio_echo)  # cached after the first use\n"
+        "try:\n"
+        "    trio_echo.nope\n"
+        "except AttributeError as exc:\n"
+        "    assert 'nope' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_static_imports_match_the_lazy_table() -> None:
+    """The ``if TYPE_CHECKING:`` imports (for type checkers) name what __getattr__ resolves."""
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    [block] = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    static = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1
+        for alias in node.names:
+            static[alias.asname or alias.name] = node.module or alias.name
+    where = dict(trio_echo._WHERE)
+    assert static == where
+    assert set(trio_echo.__all__) == {*where, "__version__"}
+
+
 def test_one_exception_class_per_error_code() -> None:
     codes = {code.value for code in trio_echo.wire.ErrorCode}
     classes = {

@@ -36,7 +36,7 @@ from typing import Any, Final
 import outcome
 import trio
 
-from ..errors import ConnectionClosed, DeadlineExceeded
+from ..errors import ConnectionClosed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
@@ -44,8 +44,13 @@ from .core import (
     ClientBase,
     ClientCore,
     NotificationHandler,
-    fresh,
+    closed_by_us,
+    connect_timed_out,
+    connection_lost,
+    local_deadline,
     lost,
+    lost_before_hello,
+    send_failed,
 )
 
 __all__ = [
@@ -126,7 +131,7 @@ class Client(ClientBase[trio.lowlevel.Task]):
             return await self._wait_for_reply(msgid, task)
         with trio.move_on_after(timeout):
             return await self._wait_for_reply(msgid, task)
-        raise DeadlineExceeded(f"{method}: no reply within {timeout:g} s (local deadline)")
+        raise local_deadline(method, timeout)
 
     async def notify(self, method: str, *params: Any) -> None:
         """Send a notification: the server runs ``method`` and never replies.
@@ -156,15 +161,15 @@ class Client(ClientBase[trio.lowlevel.Task]):
     async def _close(self, flush_s: float) -> None:
         try:
             if not self.closed:
-                waiters, cancels = self._core.abandon_all()
-                for task in waiters:
-                    trio.lowlevel.reschedule(task, outcome.Error(_closed_by_us()))
-                for cancel in cancels:
-                    self._queue(cancel)
+                waiters, cancels = self._core.close()
+                for task, error in waiters:
+                    trio.lowlevel.reschedule(task, outcome.Error(error))
+                if cancels:
+                    self._queue(cancels)
                 with trio.move_on_after(flush_s):
                     await self._flush()
         finally:
-            self._fail(_closed_by_us())
+            self._fail(closed_by_us())
             await trio.aclose_forcefully(self._stream)
 
     async def _flush(self) -> None:
@@ -210,7 +215,7 @@ class Client(ClientBase[trio.lowlevel.Task]):
                 self._writing = False
                 self._drained_lot.unpark_all()
         except Exception as exc:  # never into the nursery: see the module docstring
-            self._fail(lost("sending failed", exc))
+            self._fail(send_failed(exc))
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -228,11 +233,11 @@ class Client(ClientBase[trio.lowlevel.Task]):
         """Send the preamble and wait for the server's hello."""
         core = self._core
         try:
-            await self._stream.send_all(core.conn.initiate())
+            await self._stream.send_all(core.initiate())
             while not core.receive_hello(await self._stream.receive_some(RECEIVE_SIZE)):
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise lost("the connection was lost before the server's hello", exc) from exc
+            raise lost_before_hello(exc) from exc
 
     async def _reader(self) -> None:
         core = self._core
@@ -244,22 +249,20 @@ class Client(ClientBase[trio.lowlevel.Task]):
                     reschedule(
                         task, outcome.Value(result) if error is None else outcome.Error(error)
                     )
-                if core.notifications:
-                    core.deliver_notifications()
-                if core.error is not None:
-                    self._fail(core.error)
+                finished = core.settle()
+                if finished is not None:
+                    self._fail(finished)
                     return
                 data = await self._stream.receive_some(RECEIVE_SIZE)
         except Exception as exc:  # never into the nursery: see the module docstring
-            self._fail(lost("the connection was lost", exc))
+            self._fail(connection_lost(exc))
 
     # -- ending --------------------------------------------------------------------------
 
     def _fail(self, error: ConnectionClosed) -> None:
         """End the connection: fail every pending call, stop the internal tasks."""
-        core = self._core
-        for task in core.fail(error):
-            trio.lowlevel.reschedule(task, outcome.Error(fresh(core.error or error)))
+        for task, final in self._core.fail(error):
+            trio.lowlevel.reschedule(task, outcome.Error(final))
         self._outbox.clear()
         self._outbox_bytes = 0
         self._drained_lot.unpark_all()
@@ -273,10 +276,6 @@ class Client(ClientBase[trio.lowlevel.Task]):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
-
-
-def _closed_by_us() -> ConnectionClosed:
-    return ConnectionClosed("the client closed the connection")
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -475,7 +474,7 @@ async def _connected(
             stream = await _tls(stream, ssl_context, server_hostname)
         client = await _started(stream, on_notification, max_frame)
     if client is None:
-        raise TimeoutError(f"connecting to {where} timed out after {connect_timeout:g} s")
+        raise connect_timed_out(where, connect_timeout)
     return client
 
 

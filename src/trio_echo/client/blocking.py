@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from ..errors import ConnectionClosed, DeadlineExceeded
+from ..errors import ConnectionClosed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
@@ -32,8 +32,13 @@ from .core import (
     ClientBase,
     ClientCore,
     NotificationHandler,
-    fresh,
-    lost,
+    closed_by_us,
+    connect_timed_out,
+    connection_lost,
+    local_deadline,
+    lost_before_hello,
+    send_failed,
+    send_interrupted,
 )
 from .tls_socket import TLSSocket
 
@@ -71,11 +76,11 @@ class BlockingClient(ClientBase[Future[Any]]):
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         try:
-            sock.sendall(self._core.conn.initiate())
+            sock.sendall(self._core.initiate())
             while not self._core.receive_hello(sock.recv(RECEIVE_SIZE)):
                 pass
         except ConnectionError as exc:  # reset or broken pipe; not a timeout
-            raise lost("the connection was lost before the server's hello", exc) from exc
+            raise lost_before_hello(exc) from exc
         sock.settimeout(None)
         self._reader = threading.Thread(
             target=self._read_loop, name=f"trio_echo reader {sock.getpeername()}", daemon=True
@@ -109,9 +114,8 @@ class BlockingClient(ClientBase[Future[Any]]):
             return future.result(timeout)
         except TimeoutError:
             if self._give_up(msgid, future):
-                raise DeadlineExceeded(
-                    f"{method}: no reply within {timeout:g} s (local deadline)"
-                ) from None
+                assert timeout is not None  # future.result() without one never times out
+                raise local_deadline(method, timeout) from None
             return future.result()  # the reply won the race
         except BaseException:
             self._give_up(msgid, future)  # e.g. KeyboardInterrupt: cancel on the server too
@@ -135,17 +139,16 @@ class BlockingClient(ClientBase[Future[Any]]):
         The server is sent a cancel for each pending call first. Closing twice
         is fine.
         """
-        message = "the client closed the connection"
         with self._lock:
-            waiters, cancels = self._core.abandon_all()
-        for future in waiters:
-            future.set_exception(ConnectionClosed(message))
+            waiters, cancels = self._core.close()
+        for future, error in waiters:
+            future.set_exception(error)
         if cancels:
             try:
-                self._send(b"".join(cancels))
+                self._send(cancels)
             except ConnectionClosed:
                 pass
-        self._fail(ConnectionClosed(message))
+        self._fail(closed_by_us())
         self._shutdown()
         if threading.current_thread() is not self._reader:
             self._reader.join()
@@ -172,14 +175,14 @@ class BlockingClient(ClientBase[Future[Any]]):
                 if sent[0] < len(data):
                     self._sock.sendall(memoryview(data)[sent[0] :])
         except OSError as exc:
-            self._fail(lost("sending failed", exc))
+            self._fail(send_failed(exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
         except BaseException:
             if sent[0] == len(data):
                 raise  # Ctrl-C after the whole message went out: the stream is intact
             # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
-            self._fail(ConnectionClosed("a send was interrupted; the connection is unusable"))
+            self._fail(send_interrupted())
             self._shutdown()
             raise
 
@@ -238,19 +241,17 @@ class BlockingClient(ClientBase[Future[Any]]):
                         future.set_result(result)
                     else:
                         future.set_exception(error)
-                if core.notifications:
-                    core.deliver_notifications()
+                core.settle()  # notifications; an error ends the loop
         except Exception as exc:  # OSError, or a bug: either way no call may hang
-            self._fail(lost("the connection was lost", exc))
+            self._fail(connection_lost(exc))
         if core.error is not None:
             self._fail(core.error)
 
     def _fail(self, error: ConnectionClosed) -> None:
         with self._lock:
             waiters = self._core.fail(error)
-            final = self._core.error or error
-        for future in waiters:
-            future.set_exception(fresh(final))
+        for future, final in waiters:
+            future.set_exception(final)
 
 
 def connect(
@@ -353,7 +354,7 @@ def _connect(
     except TimeoutError:
         if sock is not None:
             sock.close()
-        raise TimeoutError(f"connecting to {where} timed out after {connect_timeout:g} s") from None
+        raise connect_timed_out(where, connect_timeout) from None
     except BaseException:
         if sock is not None:
             sock.close()

@@ -6,6 +6,24 @@ table of pending calls (msgid -> waiter, whatever a waiter is for the caller:
 a Trio task or a thread's future), matching replies to waiters, and turning
 error responses into :class:`RemoteError` subclasses. The async client drives
 it from one Trio task; the blocking client from a reader thread, under a lock.
+
+The two clients are transports over it: they own the I/O and the way a
+waiter is woken, and take everything else from here, in the same steps:
+
+* **handshake**: send :meth:`ClientCore.initiate`, then feed what arrives to
+  :meth:`~ClientCore.receive_hello` until it returns True; a transport error
+  becomes :func:`lost_before_hello`;
+* **reader step**: feed each read to :meth:`~ClientCore.receive`, wake the
+  waiter of each reply it returns, then :meth:`~ClientCore.settle` (deliver
+  notifications; a returned error means the connection is finished);
+* **failing**: :meth:`~ClientCore.fail` hands back every pending waiter with
+  the error to wake it with, so that all of them fail at once;
+* **closing**: :meth:`~ClientCore.close` abandons every waiting call (its
+  msgid stays reserved), hands back the waiters with :func:`closed_by_us`
+  errors and the cancels to send first; then the transport fails the rest
+  with :func:`closed_by_us` and closes its stream.
+
+Every message a client raises on its own is made by a function below.
 """
 
 from __future__ import annotations
@@ -15,9 +33,24 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from .. import wire
-from ..errors import ConnectionClosed, FrameTooLarge, RemoteError, remote_error
+from ..errors import ConnectionClosed, DeadlineExceeded, FrameTooLarge, RemoteError, remote_error
 
-__all__ = ["DEFAULT_RECEIVE_MAX_FRAME", "ClientBase", "ClientCore", "NotificationHandler", "lost"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_RECEIVE_MAX_FRAME",
+    "RECEIVE_SIZE",
+    "ClientBase",
+    "ClientCore",
+    "NotificationHandler",
+    "closed_by_us",
+    "connect_timed_out",
+    "connection_lost",
+    "local_deadline",
+    "lost",
+    "lost_before_hello",
+    "send_failed",
+    "send_interrupted",
+]
 
 #: A callback for server notifications other than ``hello``: ``(method, params)``.
 NotificationHandler = Callable[[str, list[Any]], None]
@@ -49,6 +82,41 @@ def fresh(error: ConnectionClosed) -> ConnectionClosed:
     exc = ConnectionClosed(*error.args)
     exc.__cause__ = error.__cause__
     return exc
+
+
+def lost_before_hello(exc: BaseException) -> ConnectionClosed:
+    """The transport failed during the handshake."""
+    return lost("the connection was lost before the server's hello", exc)
+
+
+def connection_lost(exc: BaseException) -> ConnectionClosed:
+    """Reading failed (a reset, or a bug: either way no call may hang)."""
+    return lost("the connection was lost", exc)
+
+
+def send_failed(exc: BaseException) -> ConnectionClosed:
+    """Writing failed."""
+    return lost("sending failed", exc)
+
+
+def send_interrupted() -> ConnectionClosed:
+    """A send was cut short: the stream may end in half a frame."""
+    return ConnectionClosed("a send was interrupted; the connection is unusable")
+
+
+def closed_by_us() -> ConnectionClosed:
+    """What calls pending at :meth:`close`, and calls after it, fail with."""
+    return ConnectionClosed("the client closed the connection")
+
+
+def local_deadline(method: str, timeout: float) -> DeadlineExceeded:
+    """A call's ``timeout`` passed before its reply came."""
+    return DeadlineExceeded(f"{method}: no reply within {timeout:g} s (local deadline)")
+
+
+def connect_timed_out(where: str, timeout: float | None) -> TimeoutError:
+    """Connecting, a TLS handshake and the hello took longer than ``connect_timeout``."""
+    return TimeoutError(f"connecting to {where} timed out after {timeout:g} s")
 
 
 def timeout_options(timeout: float | None) -> dict[str, Any] | None:
@@ -88,6 +156,10 @@ class ClientCore(Generic[W]):
         self._last_notice = ""
 
     # -- the handshake -------------------------------------------------------------------
+
+    def initiate(self) -> bytes:
+        """The bytes to send first (the preamble); then feed replies to :meth:`receive_hello`."""
+        return self.conn.initiate()
 
     def receive_hello(self, data: bytes | bytearray) -> bool:
         """Feed bytes read before the hello (``b""`` = EOF); True once it has arrived.
@@ -165,19 +237,20 @@ class ClientCore(Generic[W]):
         self.pending[msgid] = None
         return None if self.error is not None else wire.encode_cancel(msgid, pack=self.pack)
 
-    def abandon_all(self) -> tuple[list[W], list[bytes]]:
-        """Give up every waiting call, as when closing; their msgids stay reserved.
+    def close(self) -> tuple[list[tuple[W, ConnectionClosed]], bytes]:
+        """Give up every waiting call, as the client closes; their msgids stay reserved.
 
-        Returns their waiters (to fail) and the cancels to send, so that the
-        server stops their handlers instead of finishing them for nobody.
+        Returns their waiters, each with the error to wake it with, and the
+        cancels to send, so that the server stops their handlers instead of
+        finishing them for nobody. Nothing once the connection is finished.
         """
         if self.error is not None:
-            return [], []
+            return [], b""
         live = [(m, w) for m, w in self.pending.items() if w is not None]
         for msgid, _ in live:
             self.pending[msgid] = None
-        cancels = [wire.encode_cancel(m, pack=self.pack) for m, _ in live]
-        return [w for _, w in live], cancels
+        cancels = b"".join(wire.encode_cancel(m, pack=self.pack) for m, _ in live)
+        return [(w, closed_by_us()) for _, w in live], cancels
 
     def check_open(self) -> None:
         """Raises: ConnectionClosed: the connection is finished."""
@@ -246,6 +319,16 @@ class ClientCore(Generic[W]):
                 self.error = ConnectionClosed(f"protocol error from the server: {_describe(event)}")
                 return replies
 
+    def settle(self) -> ConnectionClosed | None:
+        """End a reader step: deliver the queued notifications; return :attr:`error`.
+
+        Once it returns an error the connection is finished: the transport
+        fails what is pending (:meth:`fail`) and stops reading.
+        """
+        if self.notifications:
+            self.deliver_notifications()
+        return self.error
+
     def deliver_notifications(self) -> None:
         """Pass queued notifications to the callback; if it raises, set :attr:`error`."""
         notes, self.notifications = self.notifications, []
@@ -259,12 +342,17 @@ class ClientCore(Generic[W]):
                     self.error = lost("the notification callback raised", exc)
                 return
 
-    def fail(self, error: ConnectionClosed) -> list[W]:
-        """Finish the connection with ``error``; return every waiter still pending."""
+    def fail(self, error: ConnectionClosed) -> list[tuple[W, ConnectionClosed]]:
+        """Finish the connection with ``error`` (unless it already is finished).
+
+        Returns every waiter still pending, each with its own copy of the
+        error that finished the connection, to be woken with at once.
+        """
         if self.error is None:
             self.error = error
+        final = self.error
         pending, self.pending = self.pending, {}
-        return [w for w in pending.values() if w is not None]
+        return [(w, fresh(final)) for w in pending.values() if w is not None]
 
 
 class ClientBase(Generic[W]):

@@ -1,0 +1,133 @@
+"""The sans-IO client core: the steps both clients take from it, driven with bytes alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trio_echo import ConnectionClosed, DeadlineExceeded, wire
+from trio_echo.client.core import (
+    ClientCore,
+    closed_by_us,
+    connect_timed_out,
+    connection_lost,
+    local_deadline,
+    lost_before_hello,
+    send_failed,
+    send_interrupted,
+)
+
+HELLO = wire.Notification("hello", [{"protocol": 1, "server": "test", "max_frame": 1000}])
+
+
+class Waiter:
+    """Stands for a Trio task or a thread's future."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def started(**kwargs: Any) -> tuple[ClientCore[Waiter], wire.Connection]:
+    """A core past the handshake, and the server end it talks to."""
+    core: ClientCore[Waiter] = ClientCore(kwargs.get("on_notification"), 1 << 20)
+    server = wire.Connection(wire.Role.SERVER)
+    server.receive_data(core.initiate())
+    assert server.next_event() is wire.NEED_DATA  # the preamble alone: no event
+    hello = server.send(HELLO)
+    assert not core.receive_hello(hello[:3])
+    assert core.receive_hello(hello[3:])
+    assert core.server_info["server"] == "test" and core.server_max_frame == 1000
+    return core, server
+
+
+def events(server: wire.Connection, data: bytes) -> list[wire.Event]:
+    server.receive_data(data)
+    return list(server.events())
+
+
+def test_reader_step_matches_replies_and_settle_delivers_notifications() -> None:
+    seen: list[tuple[str, list[Any]]] = []
+    core, server = started(on_notification=lambda method, params: seen.append((method, params)))
+    a, b = Waiter("a"), Waiter("b")
+    msgid_a, data_a = core.request("echo", ("x",), None, a)
+    msgid_b, data_b = core.request("nope", (), None, b)
+    assert events(server, data_a + data_b) == [
+        wire.Request(msgid_a, "echo", ["x"]),
+        wire.Request(msgid_b, "nope", []),
+    ]
+    replies = core.receive(
+        server.send(wire.ErrorResponse(msgid_b, "unknown_method", "no"))
+        + server.send(wire.Notification("note", [1]))
+        + server.send(wire.Response(msgid_a, "x"))
+    )
+    assert [(w, r) for w, r, _ in replies] == [(b, None), (a, "x")]
+    assert replies[0][2] is not None and replies[0][2].code == "unknown_method"
+    assert seen == []  # notifications wait for settle(), outside a transport's lock
+    assert core.settle() is None
+    assert seen == [("note", [1])]
+    assert core.pending == {}
+
+
+def test_a_raising_notification_callback_finishes_the_connection() -> None:
+    def callback(method: str, params: list[Any]) -> None:
+        raise RuntimeError("oops")
+
+    core, server = started(on_notification=callback)
+    core.receive(server.send(wire.Notification("note", [])))
+    error = core.settle()
+    assert isinstance(error, ConnectionClosed)
+    assert str(error) == "the notification callback raised: oops"
+
+
+def test_close_abandons_every_call_keeps_their_msgids_and_cancels_them() -> None:
+    core, server = started()
+    a, b, c = Waiter("a"), Waiter("b"), Waiter("c")
+    msgid_a, _ = core.request("sleep", (1,), None, a)
+    msgid_b, _ = core.request("sleep", (1,), None, b)
+    msgid_c, _ = core.request("sleep", (1,), None, c)
+    assert core.abandon(msgid_c, c) == wire.encode_cancel(msgid_c)  # c gave up already
+    waiters, cancels = core.close()
+    assert [w for w, _ in waiters] == [a, b]
+    errors = [e for _, e in waiters]
+    assert errors[0] is not errors[1]  # each waiter raises its own exception
+    assert all(str(e) == "the client closed the connection" for e in errors)
+    assert events(server, cancels) == [wire.Cancel(msgid_a), wire.Cancel(msgid_b)]
+    assert core.pending == {msgid_a: None, msgid_b: None, msgid_c: None}  # still reserved
+    assert core.fail(closed_by_us()) == []  # nobody left to wake
+    assert core.close() == ([], b"")  # closing twice is fine
+
+
+def test_fail_wakes_every_pending_call_at_once_with_its_own_error() -> None:
+    core, _ = started()
+    a, b = Waiter("a"), Waiter("b")
+    core.request("sleep", (1,), None, a)
+    core.request("sleep", (1,), None, b)
+    reset = ConnectionResetError("reset by peer")
+    woken = core.fail(connection_lost(reset))
+    assert [w for w, _ in woken] == [a, b]
+    assert woken[0][1] is not woken[1][1]
+    for _, error in woken:
+        assert str(error) == "the connection was lost: reset by peer"
+        assert error.__cause__ is reset
+    # The first error stays the connection's: later calls and fails see it.
+    assert core.fail(closed_by_us()) == []
+    with pytest.raises(ConnectionClosed, match="was lost"):
+        core.request("ping", (), None, Waiter("late"))
+    assert str(core.settle()) == "the connection was lost: reset by peer"
+
+
+def test_the_error_texts() -> None:
+    exc = BrokenPipeError("broken")
+    before = lost_before_hello(exc)
+    assert str(before) == "the connection was lost before the server's hello: broken"
+    assert str(send_failed(exc)) == "sending failed: broken"
+    assert send_failed(exc).__cause__ is exc
+    assert str(send_interrupted()) == "a send was interrupted; the connection is unusable"
+    deadline = local_deadline("sleep", 0.5)
+    assert isinstance(deadline, DeadlineExceeded)
+    assert deadline.message == "sleep: no reply within 0.5 s (local deadline)"
+    assert str(connect_timed_out("h:1", 2.0)) == "connecting to h:1 timed out after 2 s"
