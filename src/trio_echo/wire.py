@@ -360,7 +360,7 @@ def _bad_version(version: int) -> ProtocolViolation:
 #: A server decodes messages longer than this a slice at a time (see SlicedDecoder).
 LARGE_MESSAGE: Final = 64 * 1024
 #: The bytes one step of SlicedDecoder parses.
-SLICE: Final = 64 * 1024
+SLICE: Final = 16 * 1024
 #: Default bound on the arrays and maps one message may hold (a server limit).
 DEFAULT_MAX_CONTAINERS: Final = 65536
 #: A msgpack nil: fed after a read to prove the read ended at a message boundary.

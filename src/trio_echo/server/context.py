@@ -26,8 +26,9 @@ __all__ = ["ServerContext"]
 log = logging.getLogger("trio_echo")
 
 #: Large messages (see wire.SlicedDecoder) decoded at once, server-wide: each may
-#: need tens of MiB of objects while it is decoded, so only a few at a time.
-LARGE_DECODES: Final = 2
+#: need tens of MiB of objects while it is decoded (a 4 MiB message of 2-character
+#: strings is ~70 MiB of str objects), so one at a time; the others wait their turn.
+LARGE_DECODES: Final = 1
 #: A warning that every connection could repeat is logged at most this often.
 WARN_EVERY_S: Final = 10.0
 
