@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +19,7 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.errors import PROTOCOL_CODES, error_class, remote_error
 
-from helpers import Peer, ServerProcess, memory_server, server_thread, tcp_server
+from helpers import Peer, ServerProcess, memory_server, run_cli, server_thread, tcp_server
 
 
 class KeyNotFound(trio_echo.RemoteError, code="key_not_found"):
@@ -288,13 +286,7 @@ def test_trio_echo_call_prints_code_message_then_data(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     with ServerProcess("--app", "kvapp:service", env=env) as srv:
         # The CLI's process does not define KeyNotFound: the code comes through as a string.
-        done = subprocess.run(
-            [sys.executable, "-m", "trio_echo", "call", "--port", str(srv.port), "get", "zz"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_cli("call", "--port", str(srv.port), "get", "zz")
         srv.stop()
     assert (done.returncode, done.stdout) == (1, "")
     first, second = done.stderr.splitlines()

@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ resolve
     from .client.blocking import connect as connect
     from .client.blocking import connect_unix as connect_unix
     from .client.core import NotificationHandler as NotificationHandler
+    from .errors import ConnectFailed as ConnectFailed
     from .errors import ConnectionClosed as ConnectionClosed
+    from .errors import ConnectTimeout as ConnectTimeout
     from .errors import DeadlineExceeded as DeadlineExceeded
     from .errors import FrameTooLarge as FrameTooLarge
     from .errors import InternalError as InternalError
@@ -60,7 +62,9 @@ _WHERE: Final[dict[str, str]] = {
     "connect": "client.blocking",
     "connect_unix": "client.blocking",
     "NotificationHandler": "client.core",
+    "ConnectFailed": "errors",
     "ConnectionClosed": "errors",
+    "ConnectTimeout": "errors",
     "DeadlineExceeded": "errors",
     "FrameTooLarge": "errors",
     "InternalError": "errors",
@@ -102,6 +106,8 @@ __all__ = [
     "open_client_over_stream",
     "open_unix_client",
     # errors
+    "ConnectFailed",
+    "ConnectTimeout",
     "ConnectionClosed",
     "DeadlineExceeded",
     "FrameTooLarge",

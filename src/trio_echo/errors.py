@@ -8,7 +8,9 @@
     │   ├── InvalidParams, InternalError, RequestCancelled, DeadlineExceeded,
     │   ├── Overloaded, Unavailable   one subclass per protocol error code (protocol.md §6)
     │   └── your own           class KeyNotFound(RemoteError, code="key_not_found")
-    └── ConnectionClosed       the connection ended; pending calls fail with it
+    ├── ConnectionClosed       the connection ended; pending calls fail with it
+    └── ConnectFailed          no connection could be made (also a ConnectionError)
+        └── ConnectTimeout     not within connect_timeout (also a TimeoutError)
 
 Application error codes: a :class:`RemoteError` subclass names its code with
 a class keyword. A handler that raises it answers with that code (and the
@@ -26,6 +28,8 @@ from typing import Any, ClassVar
 from .wire import ErrorCode, packb
 
 __all__ = [
+    "ConnectFailed",
+    "ConnectTimeout",
     "ConnectionClosed",
     "DeadlineExceeded",
     "FrameTooLarge",
@@ -62,6 +66,32 @@ class TrioEchoError(Exception):
 
 class ConnectionClosed(TrioEchoError):
     """The connection is closed or was lost; calls pending on it fail with this."""
+
+
+class ConnectFailed(TrioEchoError, ConnectionError):
+    """A client could not connect to the server: refused, unreachable, unknown host, timeout.
+
+    Both clients raise it, with a message naming the address (``cannot
+    connect to 127.0.0.1:7000: connection refused ...``). It is an
+    ``OSError`` too: ``errno`` is the cause's (``errno.ECONNREFUSED`` ...),
+    and the original exception is its ``__cause__``.
+
+    Attributes:
+        address: what the client tried: ``host:port`` (``[::1]:7000``), or a
+            Unix socket's path.
+    """
+
+    def __init__(self, message: str, address: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.address = address
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.address, self.errno))
+
+
+class ConnectTimeout(ConnectFailed, TimeoutError):
+    """No connection (and server hello) within ``connect_timeout``; also a ``TimeoutError``."""
 
 
 class _DeprecatedCodeName:

@@ -6,7 +6,6 @@ import itertools
 import json
 import re
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 import trio_echo
 from trio_echo import Service
 
-from helpers import server_thread
+from helpers import run_cli, server_thread
 
 QUICK = ["--duration", "0.3", "--warmup", "0", "--quiet", "--workers", "1"]
 
@@ -48,13 +47,7 @@ def kv_service() -> Service:
 
 
 def bench(port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trio_echo", "bench", "--port", str(port), *QUICK, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("bench", "--port", str(port), *QUICK, *args)
 
 
 def bench_json(port: int, *args: str) -> tuple[int, dict[str, Any]]:
@@ -129,13 +122,7 @@ def test_params_must_be_a_json_array() -> None:
 
 
 def test_no_verify_help_reads_the_right_way_round() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "trio_echo", "bench", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = run_cli("bench", "--help")
     match = re.search(r"^  --no-verify(.*?)^  --", done.stdout, re.MULTILINE | re.DOTALL)
     assert match
     entry = " ".join(match.group(1).split())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -13,16 +11,7 @@ from trio_echo.cli import main
 from trio_echo.cli.call import parse_arg, to_json
 
 from helpers import Gate, ServerThread, closes_before_hello, free_port
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trio_echo", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+from helpers import run_cli as cli
 
 
 def test_subprocess_success_remote_error_and_refused(srv: ServerThread) -> None:

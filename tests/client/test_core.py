@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from trio_echo import ConnectionClosed, DeadlineExceeded, wire
+from trio_echo import ConnectionClosed, ConnectTimeout, DeadlineExceeded, wire
 from trio_echo.client.core import (
     ClientCore,
     closed_by_us,
@@ -130,4 +130,8 @@ def test_the_error_texts() -> None:
     deadline = local_deadline("sleep", 0.5)
     assert isinstance(deadline, DeadlineExceeded)
     assert deadline.message == "sleep: no reply within 0.5 s (local deadline)"
-    assert str(connect_timed_out("h:1", 2.0)) == "connecting to h:1 timed out after 2 s"
+    timed_out = connect_timed_out("h:1", 2.0)
+    assert str(timed_out) == (
+        "cannot connect to h:1: timed out after 2 s (connecting and waiting for the server's hello)"
+    )
+    assert isinstance(timed_out, ConnectTimeout) and isinstance(timed_out, TimeoutError)

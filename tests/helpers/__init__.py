@@ -34,6 +34,7 @@ from .servers import (
     closes_before_hello,
     free_port,
     memory_server,
+    run_cli,
     serve_fails,
     tcp_server,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "quiet",
     "read_to_eof",
     "reset",
+    "run_cli",
     "same",
     "server_thread",
     "set_linger_zero",

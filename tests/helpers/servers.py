@@ -43,6 +43,20 @@ async def tcp_server(
         nursery.cancel_scope.cancel()
 
 
+def run_cli(
+    *args: str, cwd: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``trio-echo`` command (``python -m trio_echo ARGS``) to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "trio_echo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
+
+
 def serve_fails(*args: str, pass_fds: tuple[int, ...] = ()) -> tuple[int, str]:
     """Run ``python -m trio_echo serve ARGS`` expecting it to exit at startup: (code, stderr)."""
     import subprocess

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from .. import wire
 from ..bench.runner import BenchConfig, Progress, format_report, run_bench
+from .argtypes import port
 from .call import from_json, to_json
 from .client_options import add_transport_args, tls_options
 
@@ -27,7 +28,7 @@ def configure(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="server address")
-    p.add_argument("--port", type=int, default=wire.DEFAULT_PORT, help="server port")
+    p.add_argument("--port", type=port, default=wire.DEFAULT_PORT, help="server port")
     p.add_argument(
         "--mode",
         choices=("framed", "mprpc", "raw"),

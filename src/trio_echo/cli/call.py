@@ -16,7 +16,6 @@ import argparse
 import base64
 import binascii
 import json
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,8 @@ import msgpack
 
 from .. import wire
 from ..client.blocking import BlockingClient, connect, connect_unix
-from ..errors import ConnectionClosed, RemoteError
+from ..errors import ConnectFailed, ConnectionClosed, RemoteError
+from .argtypes import port, positive_float
 from .client_options import add_transport_args, ssl_context_from_args
 
 __all__ = ["configure", "from_json", "parse_arg", "to_json"]
@@ -57,7 +57,7 @@ def configure(sub: Any) -> None:
     _connection_args(p)
     p.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="deadline for the call, sent to the server as timeout_ms (default: none)",
     )
@@ -78,26 +78,16 @@ def configure(sub: Any) -> None:
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
     p.add_argument(
-        "--port", type=int, default=wire.DEFAULT_PORT, help="server port (default: %(default)s)"
+        "--port", type=port, default=wire.DEFAULT_PORT, help="server port (default: %(default)s)"
     )
     p.add_argument(
         "--connect-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="time allowed for connecting and the server's hello (default: %(default)s)",
     )
     add_transport_args(p)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 # --- JSON <-> msgpack values ---------------------------------------------------------
@@ -206,6 +196,8 @@ def _request(args: argparse.Namespace, fn: Callable[[BlockingClient], Any]) -> t
                 ssl_context=ctx,
                 server_hostname=args.tls_server_name,
             )
+    except ConnectFailed as exc:  # its message names the address
+        return _fail(EXIT_CONNECTION, f"trio-echo: {_one_line(exc)}")
     except (OSError, ConnectionClosed) as exc:
         return _fail(EXIT_CONNECTION, f"trio-echo: cannot connect to {where}: {_one_line(exc)}")
     with client:

@@ -26,6 +26,7 @@ from ..server.listeners import (
     open_tcp_listeners,
     open_unix_listener,
     systemd_fds,
+    tcp_listen_error,
 )
 from ..server.metrics import (
     TrioEchoCollector,
@@ -305,7 +306,10 @@ async def open_all_listeners(
             listener, unix_file = open_unix_listener(unix, mode=unix_mode)
             listeners.append(listener)
         if port is not None:
-            listeners += await open_tcp_listeners(host, port, reuse_port=reuse_port)
+            try:
+                listeners += await open_tcp_listeners(host, port, reuse_port=reuse_port)
+            except OSError as exc:
+                raise tcp_listen_error(host, port, exc) from exc
     except BaseException:
         for listener in listeners:
             listener.socket.close()

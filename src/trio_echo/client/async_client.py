@@ -37,6 +37,7 @@ import outcome
 import trio
 
 from ..errors import ConnectionClosed
+from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
@@ -409,15 +410,17 @@ async def open_client(
             ``host`` by default.
 
     Raises:
-        OSError: the connection could not be made (refused, unreachable, ...).
+        ConnectFailed: the connection could not be made (refused, unreachable,
+            unknown host); the message names the address. An ``OSError``.
+        ConnectTimeout: ``connect_timeout`` passed (a ``ConnectFailed`` and a
+            ``TimeoutError``).
         ssl.SSLError: the TLS handshake failed (``ssl.SSLCertVerificationError``
             for a certificate that does not verify); a subclass of ``OSError``.
-        TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
         ConnectionClosed: the server closed the connection before its hello.
     """
     client = await _connected(
         functools.partial(trio.open_tcp_stream, host, port),
-        f"{host}:{port}",
+        address(host, port),
         connect_timeout,
         ssl_context,
         server_hostname or host,
@@ -469,7 +472,10 @@ async def _connected(
     client: Client | None = None
     with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
         # On a timeout, the opener, _tls and _started close what they opened.
-        stream = await open_stream()
+        try:
+            stream = await open_stream()
+        except OSError as exc:
+            raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
         if ssl_context is not None:
             stream = await _tls(stream, ssl_context, server_hostname)
         client = await _started(stream, on_notification, max_frame)

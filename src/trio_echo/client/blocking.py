@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import ConnectionClosed
+from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
@@ -287,9 +288,11 @@ def connect(
             ``host`` by default.
 
     Raises:
-        OSError: the connection could not be made (refused, unreachable, ...).
+        ConnectFailed: the connection could not be made (refused, unreachable,
+            unknown host); the message names the address. An ``OSError``.
+        ConnectTimeout: ``connect_timeout`` passed (a ``ConnectFailed`` and a
+            ``TimeoutError``).
         ssl.SSLError: the TLS handshake failed (a subclass of ``OSError``).
-        TimeoutError: ``connect_timeout`` passed (a subclass of ``OSError``).
         ConnectionClosed: the server closed the connection before its hello.
     """
 
@@ -300,7 +303,7 @@ def connect(
 
     return _connect(
         open_socket,
-        f"{host}:{port}",
+        address(host, port),
         connect_timeout,
         on_notification,
         max_frame,
@@ -346,7 +349,12 @@ def _connect(
 ) -> BlockingClient:
     sock: socket.socket | None = None
     try:
-        sock = open_socket()
+        try:
+            sock = open_socket()
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
         transport: socket.socket | TLSSocket = sock
         if ssl_context is not None:
             transport = TLSSocket(sock, ssl_context, server_hostname)

@@ -28,12 +28,20 @@ Every message a client raises on its own is made by a function below.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from .. import wire
-from ..errors import ConnectionClosed, DeadlineExceeded, FrameTooLarge, RemoteError, remote_error
+from ..errors import (
+    ConnectionClosed,
+    ConnectTimeout,
+    DeadlineExceeded,
+    FrameTooLarge,
+    RemoteError,
+    remote_error,
+)
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -114,9 +122,14 @@ def local_deadline(method: str, timeout: float) -> DeadlineExceeded:
     return DeadlineExceeded(f"{method}: no reply within {timeout:g} s (local deadline)")
 
 
-def connect_timed_out(where: str, timeout: float | None) -> TimeoutError:
+def connect_timed_out(where: str, timeout: float | None) -> ConnectTimeout:
     """Connecting, a TLS handshake and the hello took longer than ``connect_timeout``."""
-    return TimeoutError(f"connecting to {where} timed out after {timeout:g} s")
+    return ConnectTimeout(
+        f"cannot connect to {where}: timed out after {timeout:g} s "
+        "(connecting and waiting for the server's hello)",
+        where,
+        errno.ETIMEDOUT,
+    )
 
 
 def timeout_options(timeout: float | None) -> dict[str, Any] | None:
@@ -292,7 +305,11 @@ class ClientCore(Generic[W]):
         if data is not None:
             conn.receive_data(bytes(data))
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except EOFError:  # the server closed, and every reply before that is handled
+                self.error = ConnectionClosed(self._closed_by_server())
+                return replies
             kind = type(event)
             if kind is wire.Response or kind is wire.ErrorResponse:
                 assert isinstance(event, wire.Response | wire.ErrorResponse)
@@ -305,10 +322,6 @@ class ClientCore(Generic[W]):
                     error = remote_error(event.code, event.message, event.data)
                     replies.append((waiter, None, error))
             elif event is wire.NEED_DATA:
-                if data == b"":
-                    self.error = ConnectionClosed(
-                        f"the server closed the connection{self._last_notice}"
-                    )
                 return replies
             elif isinstance(event, wire.Notification):
                 if event.method == "error":
@@ -328,6 +341,20 @@ class ClientCore(Generic[W]):
         if self.notifications:
             self.deliver_notifications()
         return self.error
+
+    def _closed_by_server(self) -> str:
+        """Why the server closed, as far as this end can tell."""
+        if self._last_notice:
+            return f"the server closed the connection{self._last_notice}"
+        if not self.pending:
+            # Protocol v1 has no way to say "idle"; a v2 server will send a
+            # goaway notice first (reason "idle"), and the client reconnect.
+            return (
+                "the server closed the connection while no call was waiting on it: it may "
+                "have closed an idle connection (trio-echo serve --idle-timeout, 300 s by "
+                "default); connect again"
+            )
+        return "the server closed the connection"
 
     def deliver_notifications(self) -> None:
         """Pass queued notifications to the callback; if it raises, set :attr:`error`."""

@@ -56,7 +56,7 @@ from ..errors import RemoteError
 from ..wire import ErrorCode
 from . import metrics as _metrics
 from . import sockio as _sockio
-from .service import HandlerKind, Method
+from .service import HandlerKind, Method, unknown_method_message
 
 if TYPE_CHECKING:
     from .connection import ConnectionState
@@ -680,7 +680,9 @@ class MessageConnection:
         ctx = self.ctx
         method = ctx.methods.get(name)
         if method is None:
-            self._error(msgid, ErrorCode.UNKNOWN_METHOD, f"unknown method {wire.quote(name)}", name)
+            self._error(
+                msgid, ErrorCode.UNKNOWN_METHOD, unknown_method_message(name, ctx.methods), name
+            )
             return
         timeout = wire.timeout_of(options)
         if isinstance(timeout, wire.ProtocolViolation):

@@ -29,6 +29,7 @@ __all__ = [
     "open_tcp_listeners",
     "open_unix_listener",
     "systemd_fds",
+    "tcp_listen_error",
 ]
 
 #: The first descriptor systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
@@ -37,6 +38,25 @@ SD_LISTEN_FDS_START: Final = 3
 
 class ListenerError(Exception):
     """A listener cannot be set up for a reason the operator must fix."""
+
+
+def tcp_listen_error(host: str | None, port: int, exc: OSError) -> ListenerError:
+    """Why a TCP listener on ``host``:``port`` failed, in one line that says what to do."""
+    where = _addr(socket.AF_INET, (host or "*", port))
+    if isinstance(exc, socket.gaierror):
+        why = f"--host {host!r} is neither an address nor a name that resolves ({exc.strerror})"
+    elif exc.errno == errno.EADDRINUSE:
+        why = (
+            "the address is already in use (is another server running there? choose "
+            "another --port, or --port 0 for any free one)"
+        )
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"{host} is not an address of this machine (--host)"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges)"
+    else:
+        why = exc.strerror or str(exc) or type(exc).__name__
+    return ListenerError(f"cannot listen on {where}: {why}")
 
 
 async def open_tcp_listeners(

@@ -6,15 +6,24 @@ parameters, and the connection layer decides how to run it by its ``kind``.
 
 from __future__ import annotations
 
+import difflib
 import enum
+import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-__all__ = ["HandlerKind", "Method", "Service"]
+from .. import wire
+
+__all__ = ["HandlerKind", "Method", "Service", "unknown_method_message"]
+
+#: A method name longer than this gets no suggestion.
+MAX_SUGGESTED_FOR = 100
+#: Close names suggested for an unknown method, at most.
+MAX_SUGGESTIONS = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -150,6 +159,33 @@ class Method:
         except TypeError as exc:
             return f"{self.name}: {exc}"
         return None
+
+
+def unknown_method_message(name: str, known: Iterable[str]) -> str:
+    """The ``unknown_method`` message for ``name``, with the closest ``known`` names.
+
+    ``unknown method 'gett'; did you mean 'get'?``. The name is quoted as
+    every echo of client data is (:func:`trio_echo.wire.quote`, bounded).
+    Names longer than :data:`MAX_SUGGESTED_FOR` get no suggestion: comparing
+    costs time that grows with the square of the length, and no registered
+    name is that long in practice.
+    """
+    if len(name) > MAX_SUGGESTED_FOR:
+        return f"unknown method {wire.quote(name)}"
+    return _unknown_method_message(name, tuple(known))
+
+
+@functools.lru_cache(maxsize=1024)
+def _unknown_method_message(name: str, known: tuple[str, ...]) -> str:
+    # Cached: difflib takes some 50 us, and a client that keeps calling a
+    # misspelt name should not cost that every time.
+    message = f"unknown method {wire.quote(name)}"
+    close = difflib.get_close_matches(name, known, n=MAX_SUGGESTIONS)
+    if not close:
+        return message
+    quoted = [repr(c) for c in close]
+    options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f"{message}; did you mean {options}?"
 
 
 class Service:

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import trio
 
-from .listeners import UnixSocketFile, bind_unix_socket, check_listening_fd
+from .listeners import UnixSocketFile, bind_unix_socket, check_listening_fd, tcp_listen_error
 from .metrics import (
     TrioEchoCollector,
     ask_worker,
@@ -52,12 +52,23 @@ MAX_BACKOFF_S: Final = 5.0
 
 
 def reserve_port(host: str | None, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) a SO_REUSEPORT socket; return it and the port it holds."""
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(info[0], info[1], info[2])
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(info[4])
+    """Bind (without listening) a SO_REUSEPORT socket; return it and the port it holds.
+
+    Raises:
+        ListenerError: the address does not resolve, is taken, ... (one line).
+    """
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(info[0], info[1], info[2])
+    except OSError as exc:
+        raise tcp_listen_error(host, port, exc) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(info[4])
+    except OSError as exc:
+        sock.close()
+        raise tcp_listen_error(host, port, exc) from exc
     return sock, sock.getsockname()[1]
 
 
