@@ -3,7 +3,8 @@
 Server: :func:`serve`, :class:`Server`, :class:`Service`. Async client:
 :func:`open_client`, :func:`open_client_over_stream`, :class:`Client`.
 Blocking client: :func:`connect`. The sans-IO protocol core is the public
-submodule :mod:`trio_echo.wire`.
+submodule :mod:`trio_echo.wire`; :mod:`trio_echo.testing` serves a service
+in memory for your tests.
 
 The names are imported on first use (a module ``__getattr__``), so that
 ``import trio_echo`` and ``trio_echo.connect`` (the blocking client) do not
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ resolves these
+    from . import testing as testing
     from . import wire as wire
     from .client.async_client import Client as Client
     from .client.async_client import open_client as open_client
@@ -84,6 +86,7 @@ _WHERE: Final[dict[str, str]] = {
     "HandlerKind": "server.service",
     "Method": "server.service",
     "Service": "server.service",
+    "testing": "testing",
     "wire": "wire",
 }
 
@@ -121,7 +124,8 @@ __all__ = [
     "Unavailable",
     "UnknownMethod",
     "UnsupportedVersion",
-    # protocol core
+    # protocol core, and tools for your tests
+    "testing",
     "wire",
     "__version__",
 ]

@@ -51,3 +51,12 @@ def test_your_own_errors(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout == "key_not_found no key 'nope' {'key': 'nope'}\n"
         assert srv.stop() == 0
+
+
+def test_testing_your_service(tmp_path: Path) -> None:
+    """The pytest-trio example runs as written against README's mymodule."""
+    (tmp_path / "mymodule.py").write_text(block_after("# mymodule.py"))
+    (tmp_path / "test_mymodule.py").write_text(block_after("# test_mymodule.py"))
+    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout

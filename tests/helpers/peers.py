@@ -14,65 +14,9 @@ from typing import Any
 import trio
 
 from trio_echo import wire
+from trio_echo.testing import Peer
 
-
-class Peer:
-    """A test peer made of a Trio stream and a bare :class:`wire.Connection`.
-
-    A client by default; ``role=wire.Role.SERVER`` plays a fake server for client tests.
-    ``version`` is the protocol version a client peer's preamble offers.
-    """
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        mode: wire.Mode = wire.Mode.FRAMED,
-        role: wire.Role = wire.Role.CLIENT,
-        version: int = wire.PROTOCOL_VERSION,
-    ) -> None:
-        self.stream = stream
-        self.conn = wire.Connection(role, mode, version=version)
-
-    async def start(self) -> dict[str, Any]:
-        """Send the preamble; return the hello info (framed mode)."""
-        await self.stream.send_all(self.conn.initiate())
-        hello = await self.next_event()
-        assert isinstance(hello, wire.Notification) and hello.method == "hello", hello
-        info: dict[str, Any] = hello.params[0]
-        return info
-
-    async def send(self, *events: wire.Event) -> None:
-        await self.stream.send_all(b"".join(self.conn.send(e) for e in events))
-
-    async def request(self, msgid: int, method: str, *params: Any, **options: Any) -> None:
-        await self.send(wire.Request(msgid, method, list(params), options or None))
-
-    async def next_event(self) -> wire.Event:
-        """The next event; raises EOFError if the other side closed first."""
-        with trio.fail_after(10):
-            while True:
-                event = self.conn.next_event()
-                if event is not wire.NEED_DATA:
-                    assert not isinstance(event, type(wire.NEED_DATA))
-                    return event
-                self.conn.receive_data(await self.stream.receive_some(65536))
-
-    async def events(self, n: int) -> list[wire.Event]:
-        return [await self.next_event() for _ in range(n)]
-
-    async def call(self, msgid: int, method: str, *params: Any, **options: Any) -> wire.Event:
-        await self.request(msgid, method, *params, **options)
-        return await self.next_event()
-
-    async def expect_close(self) -> list[wire.Event]:
-        """Read until EOF; return the events that came before it."""
-        seen = []
-        with trio.fail_after(10):
-            while True:
-                try:
-                    seen.append(await self.next_event())
-                except EOFError:
-                    return seen
+__all__ = ["Peer", "SyncPeer", "framed_peer"]
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ from typing import Any, Final
 import outcome
 import trio
 
+from .._groups import background
 from ..errors import ConnectionClosed
 from .connect import address, connect_failed
 from .core import (
@@ -279,58 +280,22 @@ class Client(ClientBase[trio.lowlevel.Task]):
                 nursery.start_soon(self._writer)
 
 
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception to raise instead of ``group``, or None to keep the group.
-
-    The client's tasks never raise, so a group out of its nursery holds the
-    user's exception and/or ``Cancelled`` from an enclosing cancel scope.
-    """
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(others) == 1:
-        return others[0]
-    if not others and leaves:
-        return leaves[0]
-    return None
-
-
 @asynccontextmanager
 async def _run(client: Client) -> AsyncIterator[Client]:
     """Run the client's reader and writer around the ``async with`` body."""
-    collapsed: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._run_tasks)
-            ok = False
-            try:
-                yield client
-                ok = True
-            finally:
-                if ok:
-                    await client.aclose()
-                else:
-                    # The body raised or was cancelled: close promptly, and do
-                    # not let a cancelled cleanup replace the body's exception.
-                    with trio.CancelScope(shield=True):
-                        await client._close(ERROR_FLUSH_TIMEOUT_S)
-    except BaseExceptionGroup as group:
-        collapsed = _collapse(group)
-        if collapsed is None:
-            raise
-    if collapsed is not None:
+    async with background(client._run_tasks):
+        ok = False
         try:
-            raise collapsed
+            yield client
+            ok = True
         finally:
-            collapsed = None
+            if ok:
+                await client.aclose()
+            else:
+                # The body raised or was cancelled: close promptly, and do
+                # not let a cancelled cleanup replace the body's exception.
+                with trio.CancelScope(shield=True):
+                    await client._close(ERROR_FLUSH_TIMEOUT_S)
 
 
 @asynccontextmanager
