@@ -58,7 +58,14 @@ def configure(sub: Any) -> None:
     p.add_argument(
         "--app",
         metavar="MODULE:ATTR",
-        help="a trio_echo.Service to serve beside the built-ins, e.g. mymodule:service",
+        help="a trio_echo.Service to serve beside the built-ins, e.g. mymodule:service; "
+        "MODULE is imported from the current directory (or --app-dir), then the Python path",
+    )
+    p.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="import --app from DIR instead of the current directory (put first on the "
+        "Python path, as uvicorn's --app-dir)",
     )
     p.add_argument(
         "--fd",
@@ -109,20 +116,40 @@ def flag_parser(spec: Setting) -> Callable[[str], Any]:
     return parse
 
 
-def load_app(spec: str) -> Service:
+def load_app(spec: str, app_dir: str | None = None) -> Service:
     """Import ``MODULE:ATTR`` and return the :class:`Service` it names.
 
+    MODULE is looked for in ``app_dir`` (else the current directory), then
+    on the rest of the Python path, as ``python -m`` looks for modules.
+
     Raises:
-        ValueError: the spec is malformed or does not name a Service.
+        ValueError: the spec is malformed, ``app_dir`` is not a directory, or
+            the spec does not name a Service.
         ImportError: the module cannot be imported.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--app must look like MODULE:ATTR, not {spec!r}")
-    if "" not in sys.path and "." not in sys.path:
-        # Like `python -m`, let users name modules in the current directory.
-        sys.path.insert(0, "")
-    module = importlib.import_module(module_name)
+    if app_dir is not None:
+        where = os.path.abspath(app_dir)
+        if not os.path.isdir(where):
+            raise ValueError(f"--app-dir {app_dir} is not a directory")
+        if where not in sys.path:
+            sys.path.insert(0, where)
+    else:
+        where = os.getcwd()
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or module_name.split(".")[0] != exc.name.split(".")[0]:
+            raise  # the app was found; something it imports is missing
+        hint = "" if app_dir is not None else "; --app-dir DIR looks in DIR instead"
+        raise ModuleNotFoundError(
+            f"no module named {exc.name!r} in {where} or on the Python path{hint}",
+            name=exc.name,
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -173,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         ssl_context = ssl_context_from_config(config)
         metrics = metrics_address(config)
         server = Server(
-            load_app(args.app) if args.app else None,
+            load_app(args.app, args.app_dir) if args.app else None,
             config,
             ssl_context=ssl_context,
             metrics=metrics is not None or args.metrics_fd is not None,
@@ -186,6 +213,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     raise_fd_limit(config.max_connections)
     workers = config.workers if config.workers > 0 else (os.cpu_count() or 1)
+    if workers > 1 and args.app:
+        log.warning(
+            "--app %s runs in each of the %d worker processes: module-level state (a dict "
+            "used as a store, counters, caches) is per process, not shared; keep shared "
+            "state in an external store (a database, Redis, ...)",
+            args.app,
+            workers,
+        )
     try:
         fds = [*systemd_fds(), *args.fd]
         port = listen_port(args, config, fds)
@@ -286,6 +321,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += [spec.option] if isinstance(value, bool) else [spec.option, str(value)]
     if args.app:
         argv += ["--app", args.app]
+    if args.app_dir:
+        argv += ["--app-dir", os.path.abspath(args.app_dir)]
     return [*argv, "--workers", "1", "--reuse-port"]
 
 
