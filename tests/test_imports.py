@@ -9,6 +9,7 @@ in a fresh interpreter, so none works only because another was imported first.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,30 +52,81 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
+def package_of(name: str) -> str:
+    """The package that ``name``'s relative imports start from."""
+    return name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imported_module(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from ... import`` names, relative ones resolved from ``package``."""
+    if node.level == 0:
+        assert node.module is not None
+        return node.module
+    parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+    return ".".join([*parent, node.module] if node.module else parent)
+
+
 def imports(name: str) -> Iterator[str]:
     """Every module ``name`` imports: trio_echo ones by full name, others by their top name."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    package = package_of(name)
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name if alias.name.startswith("trio_echo") else alias.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                assert node.module is not None
-                base = node.module
-                if not base.startswith("trio_echo"):
-                    yield base.split(".")[0]
-                    continue
-            else:
-                parent = package.split(".")
-                parent = parent[: len(parent) - (node.level - 1)]
-                base = ".".join([*parent, node.module] if node.module else parent)
+            base = imported_module(node, package)
+            if not base.startswith("trio_echo"):
+                yield base.split(".")[0]
+                continue
             for alias in node.names:
                 # "from . import wire" imports the module trio_echo.wire;
                 # "from .errors import RemoteError" the module trio_echo.errors.
                 sub = f"{base}.{alias.name}"
                 yield sub if sub in MODULES else base
+
+
+def names_used_from(target: str, name: str) -> Iterator[str]:
+    """The names module ``name`` takes from module ``target``: ``from target import X``,
+    and ``alias.X`` where ``alias`` is ``target`` (``from .. import wire``)."""
+    package = package_of(name)
+    tree = ast.parse(MODULES[name].read_text())
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = imported_module(node, package)
+            for alias in node.names:
+                if module == target:
+                    yield alias.name
+                elif f"{module}.{alias.name}" == target:
+                    aliases.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == target and alias.asname:
+                    aliases.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            yield node.attr
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["trio_echo.wire", "trio_echo.errors", "trio_echo.client.core", "trio_echo.server.config"],
+)
+def test_what_other_modules_import_is_in_all(target: str) -> None:
+    """A name another module imports is public (in ``__all__``), or it is not imported."""
+    exported = set(importlib.import_module(target).__all__)
+    missing = {
+        (used, name)
+        for name in MODULES
+        if name != target
+        for used in names_used_from(target, name)
+        if used not in exported
+    }
+    assert not missing, sorted(missing)
 
 
 def graph() -> dict[str, set[str]]:

@@ -37,14 +37,16 @@ from typing import Any, Final
 import msgpack
 
 __all__ = [
+    "DEFAULT_MAX_CONTAINERS",
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_PORT",
     "HEADER_SIZE",
+    "LARGE_MESSAGE",
+    "LATEST_VERSION",
     "MAGIC",
     "MAX_MSGID",
     "NEED_DATA",
-    "LATEST_VERSION",
     "PREAMBLE",
     "PREAMBLE_V2",
     "PROTOCOL_VERSION",
@@ -54,8 +56,9 @@ __all__ = [
     "ErrorCode",
     "ErrorResponse",
     "Event",
-    "GoawayReason",
     "FrameDecoder",
+    "GoawayReason",
+    "LargeMessage",
     "MessageType",
     "Mode",
     "Notification",
@@ -63,20 +66,30 @@ __all__ = [
     "Request",
     "Response",
     "Role",
+    "SlicedDecoder",
     "StreamDecoder",
+    "bounded",
+    "check_preamble",
+    "decode_message",
     "encode_cancel",
     "encode_error",
     "encode_goaway",
     "encode_notification",
     "encode_request",
     "encode_response",
+    "error_map",
     "frame",
+    "make_packer",
     "packb",
     "parse_goaway",
     "parse_message",
+    "peek_msgid",
+    "peek_type",
     "preamble",
     "preamble_version",
+    "quote",
     "sniff_mode",
+    "timeout_of",
     "unpackb",
 ]
 
@@ -1130,12 +1143,11 @@ def timeout_of(options: dict[Any, Any] | None) -> float | ProtocolViolation | No
 Pack = Callable[[Any], bytes]
 
 
-def frame(body: bytes) -> bytes:
-    """Prefix a msgpack body with its 4-byte big-endian length (§3)."""
-    return len(body).to_bytes(HEADER_SIZE, "big") + body
+def frame(body: bytes, framed: bool = True) -> bytes:
+    """Prefix a msgpack body with its 4-byte big-endian length (§3).
 
-
-def _out(body: bytes, framed: bool) -> bytes:
+    With ``framed=False`` the body as it is: a msgpack-rpc stream has no prefix.
+    """
     return len(body).to_bytes(HEADER_SIZE, "big") + body if framed else body
 
 
@@ -1152,12 +1164,12 @@ def encode_request(
     msg: list[Any] = [0, msgid, method, list(params)]
     if options:
         msg.append(options)
-    return _out(pack(msg), framed)
+    return frame(pack(msg), framed)
 
 
 def encode_response(msgid: int, result: Any, *, framed: bool = True, pack: Pack = packb) -> bytes:
     """The bytes of a successful response."""
-    return _out(pack([1, msgid, None, result]), framed)
+    return frame(pack([1, msgid, None, result]), framed)
 
 
 def error_map(code: str, message: str, data: Any = None) -> dict[str, Any]:
@@ -1180,20 +1192,20 @@ def encode_error(
     """An error response to ``msgid``, or an error notice if ``msgid`` is None."""
     err = error_map(code, message, data)
     if msgid is None:
-        return _out(pack([2, "error", [err]]), framed)
-    return _out(pack([1, msgid, err, None]), framed)
+        return frame(pack([2, "error", [err]]), framed)
+    return frame(pack([1, msgid, err, None]), framed)
 
 
 def encode_notification(
     method: str, params: list[Any] | tuple[Any, ...], *, framed: bool = True, pack: Pack = packb
 ) -> bytes:
     """The bytes of a notification."""
-    return _out(pack([2, method, list(params)]), framed)
+    return frame(pack([2, method, list(params)]), framed)
 
 
 def encode_cancel(msgid: int, *, framed: bool = True, pack: Pack = packb) -> bytes:
     """The bytes of a cancel message."""
-    return _out(pack([3, msgid]), framed)
+    return frame(pack([3, msgid]), framed)
 
 
 def encode_goaway(reason: str, grace_ms: int, *, pack: Pack = packb) -> bytes:
