@@ -62,6 +62,7 @@ __all__ = [
     "MessageType",
     "Mode",
     "Notification",
+    "OversizedFrame",
     "ProtocolViolation",
     "Request",
     "Response",
@@ -387,6 +388,18 @@ _UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 
 
 @dataclass(frozen=True, slots=True)
+class OversizedFrame:
+    """A frame longer than the decoder's ``max_frame``, skipped (``skip_oversized=True``).
+
+    Its body was not buffered: ``msgid`` was read from its first bytes (None
+    if they do not start a response), the rest was discarded as it arrived.
+    """
+
+    length: int
+    msgid: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class LargeMessage:
     """One complete message, still encoded, too long to decode in one step.
 
@@ -544,14 +557,17 @@ def peek_type(data: bytes | bytearray | memoryview) -> int | None:
     return None
 
 
-def peek_msgid(data: bytes | bytearray | memoryview) -> int | None:
-    """The msgid of an encoded request whose first items are readable, else None.
+def peek_msgid(data: bytes | bytearray | memoryview, kind: int = MessageType.REQUEST) -> int | None:
+    """The msgid of an encoded request (or message of type ``kind``) whose first
+    items are readable, else None.
 
     An undecodable request is answered as a response when its msgid can be
-    read (§4.8); only the first bytes are parsed.
+    read (§4.8); only the first bytes are parsed. A client reads a response's
+    msgid this way from the start of a frame too large to take (see
+    :class:`OversizedFrame`).
     """
-    # The usual encodings by hand (a fixarray, type 0, a uint msgid): no Unpacker.
-    if len(data) >= 3 and data[0] in (0x94, 0x95) and data[1] == 0:
+    # The usual encodings by hand (a fixarray, the type, a uint msgid): no Unpacker.
+    if len(data) >= 3 and data[0] in (0x94, 0x95) and data[1] == kind:
         first = data[2]
         if first <= 0x7F:
             return first
@@ -564,11 +580,11 @@ def peek_msgid(data: bytes | bytearray | memoryview) -> int | None:
     try:
         if unpacker.read_array_header() < 2:
             return None
-        kind = unpacker.unpack()
+        kind_read = unpacker.unpack()
         msgid = unpacker.unpack()
     except Exception:
         return None
-    if type(kind) is int and kind == MessageType.REQUEST and _valid_msgid(msgid):
+    if type(kind_read) is int and kind_read == kind and _valid_msgid(msgid):
         return msgid  # type: ignore[no-any-return]
     return None
 
@@ -581,7 +597,10 @@ class FrameDecoder:
     longer), or a :class:`ProtocolViolation` for a body that does not decode
     (see :func:`decode_message`). A header announcing more than ``max_frame``
     bytes yields a fatal ``frame_too_large`` violation before any of its body
-    is buffered, and the decoder accepts nothing after it. :meth:`split`
+    is buffered, and the decoder accepts nothing after it; with
+    ``skip_oversized`` (a client's choice; the server never uses it) it yields
+    an :class:`OversizedFrame` instead, once the body's first bytes have
+    arrived, and discards the rest of that body as it comes. :meth:`split`
     returns the frames' bodies undecoded, and :meth:`rewind` undoes the
     decoding of a feed's last items, for a caller that may not keep them as
     objects.
@@ -591,11 +610,13 @@ class FrameDecoder:
         "_buf",
         "_last",
         "_need",
+        "_skip",
         "dead",
         "large",
         "max_containers",
         "max_frame",
         "pending",
+        "skip_oversized",
     )
 
     def __init__(
@@ -604,10 +625,14 @@ class FrameDecoder:
         *,
         max_containers: int | None = None,
         large: int | None = None,
+        skip_oversized: bool = False,
     ) -> None:
         self.max_frame = max_frame
         self.max_containers = max_containers
         self.large = large
+        self.skip_oversized = skip_oversized
+        # Bytes of a skipped frame's body still to discard.
+        self._skip = 0
         # The start of an incomplete frame. It grows in place, so a frame
         # trickling in a byte at a time costs O(size), not O(size**2).
         self._buf = bytearray()
@@ -642,6 +667,12 @@ class FrameDecoder:
         if self.dead:
             return []
         out: list[Any] = []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return out
+            data = data[self._skip :]
+            self._skip = 0
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
@@ -666,6 +697,20 @@ class FrameDecoder:
         while n - off >= HEADER_SIZE:
             length = unpack_header(buf, off)[0]
             if length > max_frame:
+                if self.skip_oversized:
+                    # Wait for the body's first bytes (the msgid), then skip it.
+                    start = off + HEADER_SIZE
+                    head = min(length, _HEAD)
+                    if n - start < head:
+                        need = HEADER_SIZE + head
+                        break
+                    msgid = peek_msgid(buf[start : start + head], MessageType.RESPONSE)
+                    out.append(OversizedFrame(length, msgid))
+                    off = start + length
+                    if off > n:
+                        self._skip = off - n
+                        off = n
+                    continue
                 self.dead = True
                 out.append(
                     ProtocolViolation(
@@ -1252,6 +1297,10 @@ class Connection:
     mode: Mode = Mode.FRAMED
     max_frame: int = DEFAULT_MAX_FRAME
     version: int = PROTOCOL_VERSION
+    #: Framed mode: a frame longer than ``max_frame`` becomes an
+    #: :class:`OversizedFrame` event and is skipped, instead of ending the
+    #: connection with a fatal ``frame_too_large`` violation (for a client).
+    skip_oversized: bool = False
     _decoder: FrameDecoder | StreamDecoder = field(init=False, repr=False)
     _events: list[Any] = field(init=False, repr=False, default_factory=list)
     _pos: int = field(init=False, repr=False, default=0)
@@ -1265,7 +1314,11 @@ class Connection:
         if self.version not in PROTOCOL_VERSIONS:
             raise ValueError(f"protocol version {self.version} is not one of {PROTOCOL_VERSIONS}")
         framed = self.mode is Mode.FRAMED
-        self._decoder = (FrameDecoder if framed else StreamDecoder)(self.max_frame)
+        self._decoder = (
+            FrameDecoder(self.max_frame, skip_oversized=self.skip_oversized)
+            if framed
+            else StreamDecoder(self.max_frame)
+        )
         if framed and self.our_role is Role.SERVER:
             self._preamble = b""
         self._pack = make_packer()
@@ -1308,8 +1361,10 @@ class Connection:
         self.version = prefix[len(MAGIC)]
         return prefix[len(PREAMBLE) :]
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | OversizedFrame | _NeedData:
         """The next event, or :data:`NEED_DATA`.
+
+        An :class:`OversizedFrame` comes only with ``skip_oversized``.
 
         Raises:
             EOFError: the peer closed and every event has been returned.
@@ -1317,12 +1372,14 @@ class Connection:
         if self._pos < len(self._events):
             obj = self._events[self._pos]
             self._pos += 1
+            if type(obj) is OversizedFrame:
+                return obj
             return parse_message(obj)
         if self._eof:
             raise EOFError("the peer closed the connection")
         return NEED_DATA
 
-    def events(self) -> Iterator[Event]:
+    def events(self) -> Iterator[Event | OversizedFrame]:
         """Iterate over the events available now (stops at NEED_DATA or EOF)."""
         while True:
             try:

@@ -317,7 +317,9 @@ async def open_client_over_stream(
             the reader task for every server notification except ``hello``
             (for example ``("error", [{"code": ..., "message": ...}])``). It
             must not block; if it raises, the connection is closed.
-        max_frame: the largest frame accepted from the server, in bytes.
+        max_frame: the largest reply accepted from the server, in bytes (16 MiB
+            by default). A larger one fails only its call, with
+            ``FrameTooLarge``; it is skipped unread and the connection stays usable.
 
     Raises:
         ConnectionClosed: the server closed the connection (or sent something
@@ -367,7 +369,9 @@ async def open_client(
         connect_timeout: seconds allowed for connecting, the TLS handshake
             and the hello (``None`` waits forever).
         on_notification: see :func:`open_client_over_stream`.
-        max_frame: the largest frame accepted from the server, in bytes.
+        max_frame: the largest reply accepted from the server, in bytes (16 MiB
+            by default). A larger one fails only its call, with
+            ``FrameTooLarge``; it is skipped unread and the connection stays usable.
         ssl_context: speak TLS with this client context (for instance
             ``ssl.create_default_context(cafile=...)``; load a client
             certificate into it for mutual TLS).

@@ -281,7 +281,9 @@ def connect(
             the reader thread for every server notification except ``hello``.
             It must not block or call the client; if it raises, the
             connection is closed.
-        max_frame: the largest frame accepted from the server, in bytes.
+        max_frame: the largest reply accepted from the server, in bytes (16 MiB
+            by default). A larger one fails only its call, with
+            ``FrameTooLarge``; it is skipped unread and the connection stays usable.
         ssl_context: speak TLS with this client context (load a client
             certificate into it for mutual TLS).
         server_hostname: the name the server's certificate must carry;

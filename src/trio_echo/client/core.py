@@ -156,7 +156,9 @@ class ClientCore(Generic[W]):
     """
 
     def __init__(self, on_notification: NotificationHandler | None, max_frame: int) -> None:
-        self.conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame)
+        # A reply longer than max_frame fails its call alone (see receive).
+        self.conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame, skip_oversized=True)
+        self.max_frame = max_frame
         self.pack = wire.make_packer()
         self.on_notification = on_notification
         self.server_info: dict[str, Any] = {}
@@ -323,6 +325,12 @@ class ClientCore(Generic[W]):
                     replies.append((waiter, None, error))
             elif event is wire.NEED_DATA:
                 return replies
+            elif kind is wire.OversizedFrame:
+                assert isinstance(event, wire.OversizedFrame)
+                # Skipped unread: only its call fails; the connection carries on.
+                waiter = pending.pop(event.msgid, None) if event.msgid is not None else None
+                if waiter is not None:
+                    replies.append((waiter, None, self._reply_too_large(event.length)))
             elif isinstance(event, wire.Notification):
                 if event.method == "error":
                     self._last_notice = f" after an error notice: {_describe(event)}"
@@ -341,6 +349,13 @@ class ClientCore(Generic[W]):
         if self.notifications:
             self.deliver_notifications()
         return self.error
+
+    def _reply_too_large(self, length: int) -> FrameTooLarge:
+        return FrameTooLarge(
+            f"the reply is {length} bytes, more than this client's max_frame "
+            f"({self.max_frame}); it was skipped and the connection stays usable "
+            "(pass a larger max_frame= to open_client or connect to accept it)"
+        )
 
     def _closed_by_server(self) -> str:
         """Why the server closed, as far as this end can tell."""
