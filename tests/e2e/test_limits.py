@@ -354,7 +354,7 @@ async def test_slowloris_holds_one_connections_bound_and_no_more() -> None:
         assert server.stats()["connections_open"] == 1
         for silent in lorises[1:]:
             assert decode_all(await read_to_eof(silent))[1:] == []
-        held = [c.engine.decoder.buffered for c in server._conns if c.engine is not None]
+        held = [c.session.decoder.buffered for c in server._conns if c.session is not None]
         assert len(held) == 1 and 0 < held[0] <= 30  # what it sent, not what it announced
         # Stopping mid-frame does not pin the connection: the idle timeout closes it.
         start = time.monotonic()

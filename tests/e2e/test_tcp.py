@@ -264,8 +264,8 @@ async def test_quiet_msgpack_rpc_connection_frees_its_decoder() -> None:
             peer = Peer(stream, wire.Mode.MPRPC)
             assert await peer.call(1, "echo", "x") == Response(1, "x")
             (conn,) = server._conns
-            assert conn.engine is not None
-            decoder = conn.engine.decoder
+            assert conn.session is not None
+            decoder = conn.session.decoder
             assert isinstance(decoder, wire.StreamDecoder) and decoder.buffered == 0
             with trio.fail_after(10):
                 while decoder.allocated:  # noqa: ASYNC110 - the reaper ticks

@@ -10,25 +10,25 @@ import trio
 from .. import wire
 from ..wire import Mode
 from . import sockio as _sockio
-from .engine import RECEIVE_SIZE, MessageConnection, cause
+from .outbox import cause
 from .proxy import proxy_prelude
+from .session import RECEIVE_SIZE, Session
 
 if TYPE_CHECKING:
     from .context import ServerContext
 
-__all__ = ["ConnectionState"]
+__all__ = ["ClientConnection"]
 
 log = logging.getLogger("trio_echo")
 
 
-class ConnectionState:
+class ClientConnection:
     """One connection from accept to close: sniffing, then raw echo or messages."""
 
     __slots__ = (
         "bytes_in",
         "bytes_out",
         "ctx",
-        "engine",
         "in_read",
         "last_active",
         "peer",
@@ -37,6 +37,7 @@ class ConnectionState:
         "seen_bytes_in",
         "seen_bytes_out",
         "sending_raw",
+        "session",
         "stalled_since",
         "stop_requested",
         "stream",
@@ -56,7 +57,7 @@ class ConnectionState:
         self.stalled_since = 0.0
         self.sending_raw = False
         self.last_active = trio.current_time()
-        self.engine: MessageConnection | None = None
+        self.session: Session | None = None
         self.raw = False
         #: The protocol version of a framed connection (1 until its preamble says 2).
         self.version = wire.PROTOCOL_VERSION
@@ -72,7 +73,7 @@ class ConnectionState:
         """Owes the client something: a request in flight or a reply (or echo) unsent."""
         if self.raw:
             return self.bytes_out < self.bytes_in
-        return self.engine is not None and self.engine.busy()
+        return self.session is not None and self.session.busy()
 
     def sent(self, n: int) -> None:
         """The peer accepted ``n`` more bytes (the write timeout's sign of progress)."""
@@ -83,7 +84,7 @@ class ConnectionState:
         """A send is under way (it may be stuck on a peer that does not read)."""
         if self.raw:
             return self.sending_raw
-        return self.engine is not None and self.engine.sending
+        return self.session is not None and self.session.sending
 
     def stop_reading(self) -> None:
         self.stop_requested = True
@@ -95,8 +96,8 @@ class ConnectionState:
 
     def trim(self) -> None:
         """Free what a quiet connection need not keep (asked by the idle reaper)."""
-        if self.engine is not None:
-            self.engine.trim()
+        if self.session is not None:
+            self.session.trim()
 
     def write_timed_out(self) -> None:
         """The peer accepted no byte of what it is owed for ``write_timeout``: close it."""
@@ -122,8 +123,8 @@ class ConnectionState:
                         "connection %s lost: %s", self.peer, cause(exc), extra={"peer": self.peer}
                     )
         finally:
-            if self.engine is not None:
-                self.engine.abandon()
+            if self.session is not None:
+                self.session.abandon()
             await trio.aclose_forcefully(stream)
 
     async def receive(self) -> bytes:
@@ -157,8 +158,8 @@ class ConnectionState:
         if framed:
             self.version = prefix[len(wire.MAGIC)]  # 1 or 2: sniffing checked it
             prefix = prefix[len(wire.PREAMBLE) :]
-        self.engine = MessageConnection(self, framed)
-        await self.engine.run(prefix)
+        self.session = Session(self, framed)
+        await self.session.run(prefix)
 
     async def _sniff(self, first: bytes = b"") -> tuple[Mode | None, bytes]:
         """Read until the connection's kind is known; (None, ...) means it is over.

@@ -3,7 +3,7 @@
 The :class:`~trio_echo.server.server.Server` makes one :class:`ServerContext`
 and hands it to every connection. Connections read its limits and tables and
 bump its counters; they never see the server itself, so imports run one way
-(server -> connection -> engine -> context, service and the sans-IO wire).
+(server -> connection -> session -> context, service and the sans-IO wire).
 The counters are plain attributes, updated in place on the hot path and read
 by ``stats()``, which is therefore O(1) whatever the number of connections.
 """

@@ -99,7 +99,7 @@ def timed(fn: Callable[..., Any], stats: MethodMetrics) -> Callable[..., Any]:
 
     The duration is the handler's own run time (two ``perf_counter`` calls
     around it); decoding and encoding are not in it. A call that raises is
-    counted by the engine, with its error code, and not timed.
+    counted by the session, with its error code, and not timed.
     """
     clock = time.perf_counter
     buckets = stats.buckets
@@ -336,7 +336,7 @@ def count(
     code: str,
     seconds: float | None = None,
 ) -> None:
-    """The engine's hook: a request (``msgid`` not None) or notification of ``name`` ended ``code``.
+    """A session's hook: a request (``msgid`` not None) or notification of ``name`` ended ``code``.
 
     Successful requests are timed (``seconds``); a failed notification is
     kept apart, so that the protocol errors can be told from it.

@@ -16,7 +16,7 @@ import trio
 from ..proxy_protocol import ProxyHeader, ProxyHeaderParser, ProxyViolation
 
 if TYPE_CHECKING:
-    from .connection import ConnectionState
+    from .connection import ClientConnection
 
 __all__ = ["PROXY_HEADER_TIMEOUT_S", "proxy_prelude", "read_proxy_header"]
 
@@ -59,7 +59,7 @@ async def read_proxy_header(
     return verdict, parser.trailing_data
 
 
-async def proxy_prelude(conn: ConnectionState) -> bytes | None:
+async def proxy_prelude(conn: ClientConnection) -> bytes | None:
     """Take a connection's PROXY header: name the real client in ``conn.peer``.
 
     Returns the bytes after the header, for sniffing; None if the connection

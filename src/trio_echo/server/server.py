@@ -2,9 +2,9 @@
 
 A :class:`Server` owns the method table, the counters behind ``stats`` and
 the server-wide limits. Each accepted connection becomes one task running a
-:class:`~trio_echo.server.connection.ConnectionState` (sniffing, raw echo) which
-hands framed and msgpack-rpc stream connections to the message engine in
-:mod:`trio_echo.server.engine`.
+:class:`~trio_echo.server.connection.ClientConnection` (sniffing, raw echo) which
+hands framed and msgpack-rpc stream connections to a
+:class:`~trio_echo.server.session.Session`.
 
 A server-wide reaper task wakes about once a second: it closes connections
 that have received nothing and owe nothing for ``idle_timeout``, and frees
@@ -32,13 +32,13 @@ from ..wire import ErrorCode
 from . import tlsconn
 from .builtins import MONITORING, builtin_service
 from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
-from .connection import ConnectionState
+from .connection import ClientConnection
 from .context import ServerContext
-from .engine import RECEIVE_SIZE
 from .listeners import open_tcp_listeners as open_listeners
 from .metrics import UNKNOWN_METHOD, MethodMetrics, timed
 from .proxy import read_proxy_header
 from .service import Method, Service
+from .session import RECEIVE_SIZE
 
 __all__ = ["Server", "ServerConfig", "open_listeners", "serve", "serve_stream"]
 
@@ -102,7 +102,7 @@ class Server:
             # The header comes in clear before the handshake; not supported (yet).
             raise ValueError("proxy_protocol cannot be combined with TLS (ssl_context)")
         self.config = config
-        # The settings the connections read, as plain attributes: the engine's
+        # The settings the connections read, as plain attributes: the session's
         # fast path reads some of them for every request.
         self.mode = config.pinned_mode
         self.max_frame = config.max_frame
@@ -142,7 +142,7 @@ class Server:
         self.connections_total = 0
         self.connections_rejected = 0
         self.tls_handshake_failures = 0
-        self._conns: set[ConnectionState] = set()
+        self._conns: set[ClientConnection] = set()
         self._draining = False
         self._shutdown = trio.Event()
         self._all_closed = trio.Event()
@@ -202,7 +202,7 @@ class Server:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over any Trio stream (sniffing its kind), then close it."""
-        state = ConnectionState(self.ctx, stream)
+        state = ClientConnection(self.ctx, stream)
         self.connections_total += 1
         self._conns.add(state)
         try:

@@ -1,0 +1,425 @@
+"""The session of one framed or msgpack-rpc stream connection: reading, the backlog, limits.
+
+Theory of operation
+-------------------
+The engine keeps the hot path short. The task that reads decodes each read
+at once. A well-formed request for a plain ``def`` handler is answered
+inline and its encoded reply appended to an outbox. ``async def`` and
+``blocking=True`` calls are queued, and the reading task runs them itself
+right after the read (the worker pool, :mod:`.calls`), so a handler that never
+blocks costs no task switch; when one does block, a worker task takes over
+reading. ``blocking=True`` handlers run on a thread through the server's
+capacity limiter. Whoever has replies ready calls
+:meth:`Outbox._flush` (:mod:`.outbox`): if no one is sending, it becomes the
+sender and writes everything queued in one ``send_all`` until the outbox is
+empty; otherwise it leaves its reply to the sender already at work. So
+replies ready at one moment leave in one syscall, and no sender task or
+channel sits between a handler and the socket. On a socket the replies are
+first offered to the kernel with one non-blocking write, and a read costs one
+trip through Trio's scheduler, not two (see ``sockio``); Trio's ``send_all``
+is only needed when the socket's buffer is full.
+
+Backpressure and hostile input: the reader stops reading while the outbox
+holds more than ``OUTBOX_HIGH_WATER`` bytes (a client that does not read
+stalls its own requests in the kernel's buffers, and ``write_timeout`` closes
+it if it never reads). At ``max_inflight`` a connection keeps reading, up to
+``FULL_READ_BUDGET`` bytes: new requests wait undecoded, as bytes, in
+``backlog`` (the decoder gives back what it decoded past the limit, see
+``wire.FrameDecoder.rewind``), while cancels are applied at once and a reset is
+seen at once; past the budget TCP backpressure takes over and the socket is
+checked for a reset once a second. Every byte a connection holds (a partial
+message, the backlog) counts against the server-wide ``max_buffered_bytes``.
+A message longer than ``wire.LARGE_MESSAGE`` is decoded a slice at a time with
+a checkpoint between slices, a few at once server-wide, so that one message
+cannot stall the event loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from .. import wire
+from ..wire import ErrorCode
+from . import sockio as _sockio
+from .calls import Call, CallRunner
+from .dispatch import Dispatcher
+from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from .connection import ClientConnection
+
+__all__ = ["FULL_READ_BUDGET", "RECEIVE_SIZE", "Session"]
+
+log = logging.getLogger("trio_echo")
+
+#: Bytes asked of the kernel per read.
+RECEIVE_SIZE: Final = 65536
+#: At max_inflight a connection keeps reading (cancels, resets) until it holds this
+#: many bytes of undecoded requests and partial message; then TCP backpressure.
+FULL_READ_BUDGET: Final = 1024 * 1024
+#: A full connection past its budget is checked for a reset this often.
+RESET_POLL_S: Final = 1.0
+
+_REQUEST: Final = 0
+_RESPONSE: Final = wire.MessageType.RESPONSE.value
+_CANCEL: Final = wire.MessageType.CANCEL.value
+_LARGE: Final = wire.LargeMessage
+
+
+class Session(Dispatcher, CallRunner, Outbox):
+    """The framed / msgpack-rpc message session of one connection (see the module doc).
+
+    Its parts live in their own modules: :class:`~.dispatch.Dispatcher` (the
+    hot path and starting calls), :class:`~.calls.CallRunner` (the worker pool)
+    and :class:`~.outbox.Outbox` (sending replies); this class owns their state,
+    the read loop and what a connection holds (the backlog, the budgets).
+    """
+
+    def __init__(self, state: ClientConnection, framed: bool) -> None:
+        ctx = state.ctx
+        self.state = state
+        self.ctx = ctx
+        self.stream = state.stream
+        self.framed = framed
+        self.decoder: wire.FrameDecoder | wire.StreamDecoder = (
+            wire.FrameDecoder if framed else wire.StreamDecoder
+        )(ctx.max_frame, max_containers=ctx.max_containers, large=wire.LARGE_MESSAGE)
+        self.calls: dict[int, Call] = {}
+        self.active = 0  # requests + notifications running on this connection
+        self.outbox: list[bytes] = []
+        # Bytes of outbox[:counted]; the rest is summed only when someone asks
+        # (see _backed_up), which keeps a byte count off the per-reply path.
+        self.outbox_bytes = 0
+        self.counted = 0
+        self.sending = False
+        # Tasks wait in `room` for requests to finish or the outbox to drain;
+        # `waiting` counts them, as ParkingLot's own truth test is a Python call.
+        self.room = trio.lowlevel.ParkingLot()
+        self.waiting = 0
+        # The worker pool (see _add_worker).
+        self.queue: collections.deque[Call] = collections.deque()
+        self.waking = 0  # workers woken or started that have not looked for work yet
+        self.parked = 0
+        self.wake = trio.lowlevel.ParkingLot()
+        self.workers_done = False
+        # Leader/follower reading (see _lead): the token of the task reading now.
+        self.reader: object | None = None
+        self.reader_wanted = False
+        self.read_done = trio.Event()
+        # Messages read but not started, still encoded (bytes, a LargeMessage or,
+        # last, a fatal violation), because the connection was at max_inflight
+        # or they need a large decode; they go before anything read later.
+        self.backlog: collections.deque[Any] = collections.deque()
+        self.backlog_bytes = 0
+        # msgid -> how many requests with it wait in the backlog, and the ones
+        # among them a cancel reached before they started.
+        self.backlog_msgids: dict[int, int] = {}
+        self.cancelled_early: set[int] = set()
+        # Bytes this connection counts against ctx.buffered_bytes.
+        self.held = 0
+        # The reader's receive while the connection is full: cancelled when room frees.
+        self.wake_reader: trio.CancelScope | None = None
+        self.eof = False
+        self.nursery: trio.Nursery | None = None
+        self.logged_violation = False
+        self.closing = False
+        self.fd = _sockio.socket_fd(self.stream)
+        self.receive = _sockio.receiver(self.stream)
+
+    def busy(self) -> bool:
+        return bool(self.active or self.outbox or self.sending or self.backlog)
+
+    def trim(self) -> None:
+        """Free what a quiet connection need not keep (the decoder's buffers)."""
+        self.decoder.release()
+
+    def abandon(self) -> None:
+        """Account for calls cut short when the connection ends early.
+
+        A reset, the idle reaper or the end of the grace period cancels the
+        workers, so their calls never reach ``_finish``.
+        """
+        if self.active:
+            self.ctx.requests_in_flight -= self.active
+            self.active = 0
+        while self.queue:
+            self.queue.popleft().awaitable.close()
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        self.ctx.buffered_bytes -= self.held
+        self.held = 0
+
+    async def run(self, initial: bytes) -> None:
+        ctx = self.ctx
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.framed:
+                hello = ctx.hellos[self.state.version]
+                self._enqueue(wire.encode_notification("hello", [hello], pack=ctx.pack))
+            items = self.decoder.feed(initial)
+            done = self._process(items)
+            if done < len(items):
+                self._hold(self.decoder.rewind(done))
+            self._account()
+            await self._lead()
+            # This task may have handed reading to a worker (see _lead).
+            await self.read_done.wait()
+            # Half-close, shutdown or a fatal error: answer what is in flight, then close.
+            while self.active:
+                await self._wait_for_room()
+            self.workers_done = True
+            self.wake.unpark_all()
+        if self.outbox:
+            await self._flush()
+
+    async def _lead(self) -> None:
+        """Hold the reader role: read, answer quick requests, run queued calls.
+
+        Returns when reading is over (EOF, shutdown, a fatal error), or when
+        a handler this task ran blocked and another task took over reading
+        meanwhile (leader/follower: whoever is free reads). Running the calls
+        of a read in the reading task itself means an async handler that
+        does not block costs no task switch at all.
+        """
+        state = self.state
+        token = object()
+        self.reader = token
+
+        def on_block() -> None:
+            # A handler is about to block this task: let a worker read meanwhile.
+            if self.reader is token:
+                self.reader = None
+                self.reader_wanted = True
+                self._on_block()
+
+        # The read loop has its own scope so that shutdown can stop it
+        # while the calls already read run on and get answered.
+        state.read_scope = trio.CancelScope()
+        with state.read_scope:
+            while True:
+                # One cancel scope serves every call this task runs until one of
+                # them is cancelled: a scope per read cost ~8% of an async echo.
+                running: list[Call | None] = [None]
+                with trio.CancelScope() as scope:
+                    over = await self._read_loop(token, on_block, scope, running)
+                if self._interrupted(running):
+                    continue  # a fresh scope for the next calls
+                if over is None:
+                    return  # another task reads now
+                if over:
+                    break
+        self.reader = None
+        self.read_done.set()
+
+    async def _read_loop(
+        self,
+        token: object,
+        on_block: Callable[[], None],
+        scope: trio.CancelScope,
+        running: list[Call | None],
+    ) -> bool | None:
+        """The body of _lead. Returns True when reading is over, None when
+        another task reads now, False when ``scope`` must be replaced."""
+        state = self.state
+        ctx = self.ctx
+        max_inflight = ctx.max_inflight
+        receive = self.receive
+        feed = self.decoder.feed
+        process = self._process
+        backlog = self.backlog
+        while True:
+            if self.reader is not token:
+                # A handler this task ran blocked, and reading was offered to a worker.
+                if self.reader is not None or not self.reader_wanted:
+                    # Another task reads now; send what this one answered.
+                    if self.outbox:
+                        await self._flush()
+                    return None
+                # Nobody took over while the handler ran: carry on reading.
+                self.reader_wanted = False
+                self.reader = token
+            if backlog:
+                await self._drain()
+            if self.queue:
+                if not await self._run_session(on_block, scope, running):
+                    return False
+                continue
+            if self.outbox and not self._write_now():
+                await self._flush()
+            if self.closing:  # a fatal error, reached in order (backlog first)
+                return True
+            while self.outbox and self._backed_up():
+                if state.stop_requested and not backlog:
+                    break
+                # Shutdown may cut this wait short only if nothing read is
+                # pending: requests already read get answered like the rest.
+                state.in_read = not backlog
+                await self._wait_for_room()
+                state.in_read = False
+            if self.eof or state.stop_requested:
+                if not backlog:
+                    return True  # EOF or shutdown: answer what is in flight, then close
+                await self._wait_for_room()  # requests already read are answered too
+                continue
+            if self.active >= max_inflight:
+                await self._listen_while_full()
+                continue
+            state.in_read = True
+            data = await receive(RECEIVE_SIZE)
+            state.in_read = False
+            if not data:
+                return True  # EOF: answer what is in flight, then close
+            n = len(data)
+            state.bytes_in += n
+            ctx.bytes_in += n
+            # The hot path: decode and answer at once (the backlog is empty here).
+            items = feed(data)
+            done = process(items)
+            if done < len(items):
+                self._hold(self.decoder.rewind(done))
+            if self.held or self.decoder.pending:
+                self._account()
+
+    async def _listen_while_full(self) -> None:
+        """At max_inflight: read on, holding new requests as bytes, until room frees.
+
+        Cancels are applied as they arrive, and a reset ends the connection at
+        once. Past FULL_READ_BUDGET bytes held, the rest stays in the kernel
+        (TCP backpressure) and the socket is checked for a reset once a second.
+        """
+        state = self.state
+        if self.held >= FULL_READ_BUDGET:
+            state.in_read = not self.backlog
+            with trio.move_on_after(RESET_POLL_S):
+                await self._wait_for_room()
+            state.in_read = False
+            error = _sockio.pending_error(self.stream)
+            if error:
+                raise ConnectionResetError(error, os.strerror(error))
+            return
+        with trio.CancelScope() as wake:
+            self.wake_reader = wake
+            state.in_read = not self.backlog
+            try:
+                data = await self.receive(RECEIVE_SIZE)
+            finally:
+                self.wake_reader = None
+                state.in_read = False
+        if wake.cancelled_caught:
+            return  # a call finished: room for the backlog
+        if not data:
+            self.eof = True  # half-closed: answer what was read, then close
+            return
+        state.bytes_in += len(data)
+        self.ctx.bytes_in += len(data)
+        self._hold(self.decoder.split(data))
+        self._account()
+
+    def _hold(self, raws: list[Any]) -> None:
+        """Keep messages that cannot start yet as bytes; apply cancels among them now."""
+        backlog = self.backlog
+        for raw in raws:
+            data = raw.data if type(raw) is _LARGE else raw
+            if type(data) is not bytes:  # a fatal violation: nothing follows it
+                backlog.append(raw)
+                continue
+            kind = wire.peek_type(data)
+            if kind == _CANCEL:
+                event = wire.parse_message(wire.decode_message(data))
+                if type(event) is wire.Cancel:
+                    self._cancel(event.msgid)
+                    continue
+            elif kind == _REQUEST:
+                msgid = wire.peek_msgid(data)
+                if msgid is not None:
+                    self.backlog_msgids[msgid] = self.backlog_msgids.get(msgid, 0) + 1
+            backlog.append(raw)
+            self.backlog_bytes += len(data)
+
+    async def _drain(self) -> None:
+        """Start what the backlog holds, in order, while there is room."""
+        backlog = self.backlog
+        ctx = self.ctx
+        while backlog and not self.closing:
+            raw = backlog[0]
+            large = type(raw) is _LARGE
+            data = raw.data if large else raw
+            if type(data) is not bytes:
+                backlog.popleft()
+                self._dispatch(data)  # the fatal violation that ended the input
+                break
+            kind = wire.peek_type(data)
+            if kind != _CANCEL and kind != _RESPONSE and self.active >= ctx.max_inflight:
+                break  # a request or notification (or what may be one): no room yet
+            backlog.popleft()
+            self.backlog_bytes -= len(data)
+            if kind == _REQUEST:
+                msgid = wire.peek_msgid(data)
+                if msgid is not None and self._leaves_backlog(msgid):
+                    # Cancelled before it started: answered, never run.
+                    ctx.requests_total += 1
+                    self._error(msgid, ErrorCode.CANCELLED, "cancelled by the client")
+                    continue
+            if large:
+                obj = await self._decode_large(raw)
+            else:
+                obj = wire.decode_message(data, ctx.max_containers, stream=not self.framed)
+            self._process([obj])
+        self._account()
+
+    def _leaves_backlog(self, msgid: int) -> bool:
+        """Book a request with ``msgid`` out of the backlog; True if it was cancelled there."""
+        left = self.backlog_msgids[msgid] - 1
+        if left:
+            self.backlog_msgids[msgid] = left
+        else:
+            del self.backlog_msgids[msgid]
+        if msgid in self.cancelled_early:
+            self.cancelled_early.discard(msgid)
+            return True
+        return False
+
+    async def _decode_large(self, message: wire.LargeMessage) -> Any:
+        """Decode a long message a slice at a time, yielding between slices."""
+        async with self.ctx.decoding:  # a few at once, server-wide (memory)
+            decoder = wire.SlicedDecoder(message, self.ctx.max_containers, stream=not self.framed)
+            while not decoder.step():
+                await trio.lowlevel.checkpoint()
+        return decoder.result
+
+    def _account(self) -> None:
+        """Count what the connection holds against the server's ingress budget."""
+        held = self.decoder.pending + self.backlog_bytes
+        delta = held - self.held
+        if not delta:
+            return
+        ctx = self.ctx
+        self.held = held
+        ctx.buffered_bytes += delta
+        if delta > 0 and ctx.buffered_bytes > ctx.max_buffered_bytes and not self.closing:
+            ctx.warn_once(
+                "max_buffered_bytes",
+                "max_buffered_bytes (%d) reached: closing connection %s (it held %d bytes)",
+                ctx.max_buffered_bytes,
+                self.state.peer,
+                held,
+            )
+            self._violation(
+                wire.ProtocolViolation(
+                    ErrorCode.OVERLOADED,
+                    f"the server's buffers for incoming messages are full "
+                    f"(max_buffered_bytes {ctx.max_buffered_bytes})",
+                    fatal=True,
+                )
+            )
+            # Nothing held is started now: give the bytes back at once.
+            self.backlog.clear()
+            self.backlog_bytes = 0
+            ctx.buffered_bytes -= self.held
+            self.held = 0
