@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import wire
+from ..proxy_protocol import ProxyViolation
 from ..wire import Mode
 from . import sockio as _sockio
 from .outbox import cause
-from .proxy import proxy_prelude
+from .proxy import read_proxy_header
 from .session import RECEIVE_SIZE, Session
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class ClientConnection:
         with self.read_scope:
             first: bytes | None = b""
             if self.ctx.proxy_protocol:
-                first = await proxy_prelude(self)
+                first = await self._proxy_prelude()
             if first is not None:
                 verdict, prefix = await self._sniff(first)
         if verdict is None:
@@ -160,6 +161,26 @@ class ClientConnection:
             prefix = prefix[len(wire.PREAMBLE) :]
         self.session = Session(self, framed)
         await self.session.run(prefix)
+
+    async def _proxy_prelude(self) -> bytes | None:
+        """Take the connection's PROXY header: name the real client in ``peer``.
+
+        Returns the bytes after the header, for sniffing; None if the connection
+        must be closed (counted in ``stats()["proxy_rejected"]`` when refused).
+        """
+        result = await read_proxy_header(self.receive)
+        if result is None or self.stop_requested:  # EOF at once, or the server is stopping
+            log.debug("connection %s closed before its PROXY header", self.peer)
+            return None
+        if isinstance(result, ProxyViolation):
+            self.ctx.proxy_rejected += 1
+            log.warning("connection %s refused (--proxy-protocol): %s", self.peer, result.message)
+            return None
+        header, first = result
+        if header.client is not None:
+            log.debug("connection %s is from %s (PROXY header)", self.peer, header.client)
+            self.peer = header.client
+        return first
 
     async def _sniff(self, first: bytes = b"") -> tuple[Mode | None, bytes]:
         """Read until the connection's kind is known; (None, ...) means it is over.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -21,7 +21,7 @@ from .config import ServerConfig
 from .metrics import MethodMetrics
 from .service import HandlerKind, Method
 
-__all__ = ["ServerContext"]
+__all__ = ["ConnectionView", "ServerContext"]
 
 log = logging.getLogger("trio_echo")
 
@@ -125,3 +125,26 @@ class ServerContext:
         if last is None or now - last >= WARN_EVERY_S:
             self._warned_at[key] = now
             log.warning(message, *args)
+
+
+class ConnectionView(Protocol):
+    """What a session (and its parts) may touch of the connection it serves.
+
+    :class:`~trio_echo.server.connection.ClientConnection` is one; naming the
+    shape here keeps the imports one way (connection -> session, never back).
+    """
+
+    ctx: ServerContext
+    stream: trio.abc.Stream
+    peer: str
+    #: The framed protocol version (1 or 2).
+    version: int
+    bytes_in: int
+    #: Set while the reader waits in a receive that shutdown may cancel.
+    in_read: bool
+    read_scope: trio.CancelScope
+    whole_scope: trio.CancelScope
+    stop_requested: bool
+
+    def sent(self, n: int) -> None:
+        """The peer accepted ``n`` more bytes."""

@@ -31,8 +31,7 @@ from .service import HandlerKind, Method, unknown_method_message
 if TYPE_CHECKING:
     import collections
 
-    from .connection import ClientConnection
-    from .context import ServerContext
+    from .context import ConnectionView, ServerContext
 
 __all__ = ["Dispatcher"]
 
@@ -55,7 +54,7 @@ class Dispatcher:
 
     # Set by Session.__init__.
     ctx: ServerContext
-    state: ClientConnection
+    state: ConnectionView
     framed: bool
     calls: dict[int, Call]
     active: int

@@ -17,16 +17,15 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from .server import Server
-
 __all__ = [
     "BUCKETS",
     "MethodMetrics",
+    "MetricsSource",
     "TrioEchoCollector",
     "answer_metrics_requests",
     "ask_worker",
@@ -121,7 +120,16 @@ def timed(fn: Callable[..., Any], stats: MethodMetrics) -> Callable[..., Any]:
     return wrapper
 
 
-def snapshot(server: Server) -> dict[str, Any]:
+class MetricsSource(Protocol):
+    """What a scrape reads of a server (a :class:`~trio_echo.server.server.Server` is one)."""
+
+    @property
+    def metrics(self) -> Mapping[str, MethodMetrics] | None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def snapshot(server: MetricsSource) -> dict[str, Any]:
     """Everything a scrape shows, as plain data (call it in the server's Trio thread)."""
     stats = server.stats()
     methods = server.metrics or {}
@@ -296,7 +304,7 @@ def start_metrics_server(
 # with a 4-byte length and its snapshot in msgpack.
 
 
-async def answer_metrics_requests(server: Server, fd: int) -> None:
+async def answer_metrics_requests(server: MetricsSource, fd: int) -> None:
     """In a worker: answer the supervisor's snapshot requests on ``fd`` until it closes."""
     import socket
 

@@ -20,7 +20,7 @@ import trio
 from . import sockio as _sockio
 
 if TYPE_CHECKING:
-    from .connection import ClientConnection
+    from .context import ConnectionView
 
 __all__ = ["OUTBOX_HIGH_WATER", "Outbox", "cause"]
 
@@ -34,7 +34,7 @@ class Outbox:
     """The replies a session owes, and sending them (a part of :class:`~.session.Session`)."""
 
     # Set by Session.__init__.
-    state: ClientConnection
+    state: ConnectionView
     stream: trio.abc.Stream
     fd: int
     outbox: list[bytes]

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
 from ..proxy_protocol import ProxyHeader, ProxyHeaderParser, ProxyViolation
 
-if TYPE_CHECKING:
-    from .connection import ClientConnection
-
-__all__ = ["PROXY_HEADER_TIMEOUT_S", "proxy_prelude", "read_proxy_header"]
+__all__ = ["PROXY_HEADER_TIMEOUT_S", "read_proxy_header"]
 
 log = logging.getLogger("trio_echo")
 
@@ -57,24 +54,3 @@ async def read_proxy_header(
     if isinstance(verdict, ProxyViolation):
         return verdict
     return verdict, parser.trailing_data
-
-
-async def proxy_prelude(conn: ClientConnection) -> bytes | None:
-    """Take a connection's PROXY header: name the real client in ``conn.peer``.
-
-    Returns the bytes after the header, for sniffing; None if the connection
-    must be closed (counted in ``stats()["proxy_rejected"]`` when refused).
-    """
-    result = await read_proxy_header(conn.receive)
-    if result is None or conn.stop_requested:  # EOF at once, or the server is shutting down
-        log.debug("connection %s closed before its PROXY header", conn.peer)
-        return None
-    if isinstance(result, ProxyViolation):
-        conn.ctx.proxy_rejected += 1
-        log.warning("connection %s refused (--proxy-protocol): %s", conn.peer, result.message)
-        return None
-    header, first = result
-    if header.client is not None:
-        log.debug("connection %s is from %s (PROXY header)", conn.peer, header.client)
-        conn.peer = header.client
-    return first

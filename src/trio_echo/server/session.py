@@ -52,7 +52,7 @@ from .dispatch import Dispatcher
 from .outbox import Outbox
 
 if TYPE_CHECKING:
-    from .connection import ClientConnection
+    from .context import ConnectionView
 
 __all__ = ["FULL_READ_BUDGET", "RECEIVE_SIZE", "Session"]
 
@@ -81,7 +81,7 @@ class Session(Dispatcher, CallRunner, Outbox):
     the read loop and what a connection holds (the backlog, the budgets).
     """
 
-    def __init__(self, state: ClientConnection, framed: bool) -> None:
+    def __init__(self, state: ConnectionView, framed: bool) -> None:
         ctx = state.ctx
         self.state = state
         self.ctx = ctx
