@@ -48,6 +48,13 @@ def worker_pids(port: int, n: int) -> list[int]:
     return pids
 
 
+def wait_for_line(srv: ServerProcess, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 20
+    while sum(text in line for line in srv.log) < count:
+        assert time.monotonic() < deadline, f"no {text!r} in the log"
+        time.sleep(0.01)
+
+
 def test_workers_share_the_port_restart_and_drain() -> None:
     # The supervisor logs its line once every worker listens.
     ready = r"supervisor listening on \S+:(\d+)"
@@ -80,3 +87,44 @@ def test_workers_share_the_port_restart_and_drain() -> None:
             peer.close()
         assert srv.wait() == 0
     assert "Traceback" not in "".join(srv.log)
+
+
+def test_a_signal_to_the_whole_process_group_drains_the_workers() -> None:
+    # systemd's KillMode=control-group, `kill -TERM -PGID` and a terminal's Ctrl-C
+    # reach the workers directly AND through the supervisor: still one drain.
+    # The signals are sent one after the other (workers first, as a group signal
+    # may arrive), so that the kernel cannot merge the two a worker receives.
+    ready = r"supervisor listening on \S+:(\d+)"
+    with ServerProcess("--workers", "2", "--grace", "20", ready=ready) as srv:
+        pids = set(worker_pids(srv.port, 20))
+        assert len(pids) == 2
+        peers = [framed_peer(srv.port) for _ in range(6)]
+        for i, peer in enumerate(peers):
+            peer.send(wire.Request(i, "sleep", [1.0]))
+            assert peer.call(100 + i, "ping") == Response(100 + i, "pong")
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        wait_for_line(srv, "SIGTERM: shutting down gracefully", count=2)
+        srv.proc.send_signal(signal.SIGTERM)
+        for i, peer in enumerate(peers):
+            assert peer.next_event() == Response(i, None)  # answered, not cut off
+            peer.close()
+        assert srv.wait() == 0
+    log = "".join(srv.log)
+    assert "stopping now" not in log and "Traceback" not in log
+
+
+def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once() -> None:
+    ready = r"supervisor listening on \S+:(\d+)"
+    with ServerProcess("--workers", "2", "--grace", "30", ready=ready) as srv:
+        peer = framed_peer(srv.port)
+        peer.send(wire.Request(1, "sleep", [30]))
+        assert peer.call(2, "ping") == Response(2, "pong")
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for_line(srv, "draining 2 workers")
+        srv.proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert srv.wait() == 1
+        assert time.monotonic() - start < 10  # not the 30 s grace
+        peer.close()
+    assert "stopping now" in "".join(srv.log)

@@ -377,12 +377,15 @@ async def serve_until_signalled(
     config = server.config
     forced = False
     watched = [signal.SIGINT, signal.SIGTERM]
-    if ready_fd is not None:
-        # A --workers worker obeys its supervisor's SIGTERM only: a Ctrl-C in a
-        # terminal reaches the whole process group, and the supervisor passes
-        # it on as SIGTERM, so counting both would force a stop at once.
+    worker = ready_fd is not None
+    if worker:
+        # A --workers worker drains on SIGTERM, however many arrive, and stops at
+        # once only on its supervisor's SIGUSR1 (see supervisor.py). A Ctrl-C in a
+        # terminal, `kill -TERM -PGID` and systemd's KillMode=control-group reach
+        # every process of the group, and the supervisor passes the signal on too:
+        # counting both as "again" would force a stop instead of a drain.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        watched = [signal.SIGTERM]
+        watched = [signal.SIGTERM, signal.SIGUSR1]
     listeners, unix_file = await open_all_listeners(
         config.host,
         port,
@@ -422,9 +425,15 @@ async def serve_until_signalled(
                     nursery.start_soon(_drain_when_orphaned, server)
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if not server.shutting_down:
-                        log.info("%s: shutting down gracefully (again to stop at once)", name)
+                    if not server.shutting_down and signum != signal.SIGUSR1:
+                        log.info(
+                            "%s: shutting down gracefully%s",
+                            name,
+                            "" if worker else " (again to stop at once)",
+                        )
                         server.shutdown()
+                    elif worker and signum == signal.SIGTERM:
+                        log.debug("%s again: still draining (the supervisor stops workers)", name)
                     else:
                         log.warning("%s: stopping now", name)
                         forced = True

@@ -13,9 +13,12 @@ systemd. The workers then all accept on the one socket, and the kernel hands
 each new connection to one of them.
 
 A worker that dies is logged, counted and restarted (with a short backoff
-if it keeps dying). The first SIGINT/SIGTERM is passed on to every worker,
-which drains gracefully; a second one is passed on too, so the workers stop
-at once.
+if it keeps dying). The first SIGINT/SIGTERM is passed on to every worker as
+SIGTERM, and they drain gracefully; a second one is passed on as SIGUSR1, and
+they stop at once. A worker counts any number of SIGTERMs as one drain, so a
+signal sent to the whole process group (a terminal's Ctrl-C, ``kill -TERM
+-PGID``, systemd's default ``KillMode=control-group``), which reaches the
+workers both directly and through the supervisor, still drains.
 """
 
 from __future__ import annotations
@@ -258,9 +261,12 @@ async def _supervise(
                 else:
                     log.info("%s: draining %d workers", name, count)
                     stopping = True
+                # Workers drain on SIGTERM (repeats included: a group-wide signal
+                # reaches them directly too) and stop at once on SIGUSR1.
+                passed_on = signal.SIGUSR1 if forced else signal.SIGTERM
                 for worker in workers:
                     if worker.process is not None and worker.process.returncode is None:
-                        worker.process.send_signal(signal.SIGTERM)
+                        worker.process.send_signal(passed_on)
                 if not forced:
                     nursery.start_soon(_wait_all_then_cancel, workers, nursery.cancel_scope)
             # Unreachable: the signal loop only ends through the cancel above.
