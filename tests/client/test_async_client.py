@@ -64,7 +64,7 @@ async def settled_stats(client: trio_echo.Client) -> dict[str, Any]:
 
 async def test_call_and_server_info() -> None:
     async with tcp_client() as (client, server):
-        assert client.server_info == server.hello
+        assert client.server_info == server.hellos[2]
         assert await client.call("echo", "hi") == "hi"
         assert await client.call("echo", b"\x00\xff") == b"\x00\xff"
         assert await client.call("echo", {"a": [1, 2.5, None]}) == {"a": [1, 2.5, None]}

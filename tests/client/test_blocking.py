@@ -18,7 +18,7 @@ from helpers import EXCEPTIONS, Gate, ServerThread, SyncPeer, closes_before_hell
 
 def test_call_server_info_and_close(srv: ServerThread) -> None:
     with trio_echo.connect("127.0.0.1", srv.port) as client:
-        assert client.server_info == srv.server.hello
+        assert client.server_info == srv.server.hellos[2]
         assert client.call("echo", "x") == "x"
         assert client.call("echo", b"\x00\x01") == b"\x00\x01"
         assert client.call("ping") == "pong"
@@ -69,15 +69,27 @@ def test_timeout_cancels_on_the_server(srv: ServerThread) -> None:
             client.call("echo", 1, timeout=-1)
 
 
-def test_connection_loss_fails_pending_calls(srv: ServerThread, gate: Gate) -> None:
-    with trio_echo.connect("127.0.0.1", srv.port) as client, ThreadPoolExecutor(4) as pool:
+@pytest.mark.parametrize("reconnect", [True, False])
+def test_connection_loss_fails_pending_calls(
+    srv: ServerThread, gate: Gate, reconnect: bool
+) -> None:
+    with (
+        trio_echo.connect(
+            "127.0.0.1", srv.port, reconnect=reconnect, connect_timeout=0.5
+        ) as client,
+        ThreadPoolExecutor(4) as pool,
+    ):
         calls = [pool.submit(client.call, "block") for _ in range(4)]
         srv.run(gate.entered.wait)
         srv.kill()
         for call in calls:
             with pytest.raises(trio_echo.ConnectionClosed):
                 call.result(timeout=10)
-        assert client.closed
+        # Without reconnect the client is closed for good; with it, the next call
+        # tries to connect again (and, the server being gone, gives up).
+        assert client.closed is not reconnect
+        with pytest.raises(trio_echo.ConnectionClosed):
+            client.call("ping")
 
 
 def test_ctrl_c_in_a_call_cancels_it_on_the_server(srv: ServerThread, gate: Gate) -> None:
@@ -102,7 +114,7 @@ def test_ctrl_c_just_as_a_request_goes_out_keeps_the_connection(srv: ServerThrea
     # Ctrl-C arriving while the request is being written: once the request
     # went out whole, the interrupt must not cost the connection.
     with trio_echo.connect("127.0.0.1", srv.port) as client:
-        real = client._sock
+        real = client._current._sock
         interrupted = threading.Event()
 
         class InterruptOnce:
@@ -115,7 +127,7 @@ def test_ctrl_c_just_as_a_request_goes_out_keeps_the_connection(srv: ServerThrea
                     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
                 return real.send(data, flags)
 
-        client._sock = InterruptOnce()  # type: ignore[assignment]
+        client._current._sock = InterruptOnce()  # type: ignore[assignment]
         with pytest.raises(KeyboardInterrupt):
             client.call("echo", "first")
         client._sock = real
@@ -175,7 +187,7 @@ def test_notifications_reach_the_callback() -> None:
         trio_echo.connect("127.0.0.1", running.port, on_notification=on_notification) as c,
     ):
         c.notify("no_such_method")  # notifications never answer, even errors
-        c._sock.sendall(b"\x00\x00\x00\x01\xc1")  # an undecodable frame
+        c._current._sock.sendall(b"\x00\x00\x00\x01\xc1")  # an undecodable frame
         assert got.wait(timeout=10)
         assert c.call("ping") == "pong"
     assert seen == [("error", [{"code": "malformed", "message": seen[0][1][0]["message"]}])]

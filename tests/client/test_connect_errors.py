@@ -96,12 +96,25 @@ async def test_an_idle_close_says_so_on_the_next_call(autojump_clock: trio.abc.C
     # The idle reaper runs with the listeners: over loopback, on a clock that jumps.
     async with (
         tcp_server(Server(idle_timeout=5)) as (_, port),
-        trio_echo.open_client("127.0.0.1", port) as client,
+        trio_echo.open_client("127.0.0.1", port, reconnect=False) as client,
     ):
         assert await client.call("ping") == "pong"
         await eventually(lambda: client.closed, timeout=60)
         with pytest.raises(trio_echo.ConnectionClosed, match=re.escape(IDLE_HINT)):
             await client.call("ping")
+
+
+async def test_after_an_idle_close_a_reconnecting_client_just_connects_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with (
+        tcp_server(Server(idle_timeout=5)) as (server, port),
+        trio_echo.open_client("127.0.0.1", port) as client,
+    ):
+        assert await client.call("ping") == "pong"
+        await eventually(lambda: not client.core.usable, timeout=60)
+        assert await client.call("ping") == "pong"
+        assert server.stats()["connections_total"] == 2
 
 
 async def test_a_close_with_calls_waiting_does_not_blame_idleness() -> None:
@@ -131,11 +144,11 @@ async def test_a_close_with_calls_waiting_does_not_blame_idleness() -> None:
 
 def test_the_blocking_client_says_so_too() -> None:
     with server_thread(idle_timeout=0.2) as srv:
-        client = trio_echo.connect("127.0.0.1", srv.port)
+        client = trio_echo.connect("127.0.0.1", srv.port, reconnect=False)
         with client:
             assert client.call("ping") == "pong"
             # The server's reaper closes the connection; the reader thread sees EOF.
-            client._reader.join(10)
+            client._current._reader.join(10)
             assert client.closed
             with pytest.raises(trio_echo.ConnectionClosed, match=re.escape(IDLE_HINT)):
                 client.call("ping")

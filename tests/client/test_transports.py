@@ -24,7 +24,7 @@ async def test_async_client_over_tls_and_mutual_tls(pki: Pki) -> None:
         async with trio_echo.open_client(
             "127.0.0.1", port, ssl_context=ctx, server_hostname="localhost"
         ) as client:
-            assert client.server_info["protocol"] == 1
+            assert client.server_info["protocol"] == 2
             results: dict[int, object] = {}
 
             async def one(i: int) -> None:

@@ -70,7 +70,7 @@ def test_clients_through_haproxy_are_balanced_and_named(tmp_path: Path, send_pro
         try:
             assert [c.call("echo", i) for i, c in enumerate(clients)] == [0, 1, 2, 3]
             pids = [c.call("stats")["pid"] for c in clients]
-            client_ports = [c._sock.getsockname()[1] for c in clients]
+            client_ports = [c._current._sock.getsockname()[1] for c in clients]
         finally:
             for c in clients:
                 c.close()

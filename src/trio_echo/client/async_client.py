@@ -1,6 +1,6 @@
-"""The async Trio client: one connection, many concurrent calls.
+"""The async Trio client: many concurrent calls on one connection at a time.
 
-Theory of operation. A :class:`Client` owns one stream and one sans-IO
+Theory of operation. A :class:`Connection` owns one stream and one sans-IO
 :class:`~trio_echo.client.core.ClientCore` (the wire.Connection, msgids and
 the table of pending calls, shared with the blocking client). Two internal
 tasks run per connection, never one per call:
@@ -18,10 +18,19 @@ A waiting caller parks with ``trio.lowlevel.wait_task_rescheduled`` (no
 table marked abandoned, so it is never reused until the late reply arrives (and is
 dropped) or the connection ends.
 
-The internal tasks never raise: a failure is recorded on the client, every
-pending call fails at once with :class:`ConnectionClosed`, and the tasks exit.
-So the body of ``async with open_client(...)`` sees plain exceptions, never an
-``ExceptionGroup`` made by the client's nursery.
+The :class:`Client` users hold stands for an address rather than a
+connection: calls go to its current connection, and it makes a new one when
+the server says ``goaway`` (protocol version 2) or, with ``reconnect``, when
+the connection is lost. A connection told to go away takes no new call; its
+writer half-closes it once the queue is empty, its pending calls finish
+there, and it closes when the last one is answered. Connecting again happens
+in one task at a time, spaced by the core's :class:`Backoff`; a call waits
+for it at most ``connect_timeout``.
+
+The internal tasks never raise: a failure is recorded on the connection,
+every pending call fails at once with :class:`ConnectionClosed`, and the
+tasks exit. So the body of ``async with open_client(...)`` sees plain
+exceptions, never an ``ExceptionGroup`` made by the client's nursery.
 """
 
 from __future__ import annotations
@@ -35,21 +44,28 @@ from typing import Any, Final
 
 import outcome
 import trio
+import trio.lowlevel
 
+from .. import wire
 from .._groups import background
-from ..errors import ConnectionClosed
+from ..errors import ConnectionClosed, Unavailable
 from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
     RECEIVE_SIZE,
+    Attempts,
+    Backoff,
     ClientBase,
     ClientCore,
+    ClientFront,
+    GoingAway,
     NotificationHandler,
+    VersionRefused,
     closed_by_us,
     connect_timed_out,
     connection_lost,
-    local_deadline,
+    fresh,
     lost,
     lost_before_hello,
     send_failed,
@@ -57,6 +73,7 @@ from .core import (
 
 __all__ = [
     "Client",
+    "Connection",
     "NotificationHandler",
     "open_client",
     "open_client_over_stream",
@@ -70,12 +87,14 @@ FLUSH_TIMEOUT_S: Final = 10.0
 #: The same when the ``async with`` body raised or was cancelled.
 ERROR_FLUSH_TIMEOUT_S: Final = 0.25
 
+#: Opens one connection offering a protocol version, within a timeout in seconds.
+Dial = Callable[[int, float | None], Awaitable["Connection"]]
 
-class Client(ClientBase[trio.lowlevel.Task]):
-    """A connection to a trio_echo server on which any number of tasks call at once.
 
-    Get one from :func:`open_client` or :func:`open_client_over_stream`; do
-    not construct it directly.
+class Connection(ClientBase[trio.lowlevel.Task]):
+    """One connection to a trio_echo server, on which any number of tasks call at once.
+
+    The :class:`Client` makes and replaces these; do not construct one directly.
     """
 
     def __init__(
@@ -84,9 +103,10 @@ class Client(ClientBase[trio.lowlevel.Task]):
         *,
         on_notification: NotificationHandler | None = None,
         max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+        version: int = wire.PROTOCOL_VERSION,
     ) -> None:
         self._stream = stream
-        self._core: ClientCore[trio.lowlevel.Task] = ClientCore(on_notification, max_frame)
+        self._core: ClientCore[trio.lowlevel.Task] = ClientCore(on_notification, max_frame, version)
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._writing = False
@@ -96,34 +116,18 @@ class Client(ClientBase[trio.lowlevel.Task]):
         self._drained_lot = trio.lowlevel.ParkingLot()
         # Cancelled to stop the reader and writer; never the body's scope.
         self._tasks_scope = trio.CancelScope()
+        # Set once the server said goaway: the writer half-closes when idle.
+        self._retiring = False
 
-    # -- public API ------------------------------------------------------------------
+    # -- calls -----------------------------------------------------------------------
 
-    async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
-        """Call ``method`` with positional ``params`` and return its result.
-
-        Many tasks may call at once; their requests share the connection and
-        are answered in any order. If the caller is cancelled, a cancel
-        message is sent to the server and the call returns at once; its late
-        reply is dropped.
-
-        Args:
-            method: the method name.
-            *params: its parameters (any msgpack-able values).
-            timeout: seconds. Sent to the server as ``timeout_ms`` and also
-                enforced here; either way the call raises DeadlineExceeded.
+    async def call(
+        self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
+    ) -> Any:
+        """One try of a call on this connection (see :meth:`Client.call`).
 
         Raises:
-            RemoteError: the server answered with an error; the subclass names
-                the code (``UnknownMethod``, ``InvalidParams``, ...). The
-                connection stays usable.
-            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
-            FrameTooLarge: the request is larger than the server's
-                ``max_frame``; it was not sent and the connection stays usable.
-            ConnectionClosed: the connection is closed or was lost, before or
-                during the call. It stays closed.
-            ValueError: ``timeout`` is not a positive number.
-            TypeError: a parameter cannot be encoded as msgpack.
+            GoingAway: the server said goaway first; the request was not sent.
         """
         await self._wait_for_outbox_room()
         task = trio.lowlevel.current_task()
@@ -133,32 +137,14 @@ class Client(ClientBase[trio.lowlevel.Task]):
             return await self._wait_for_reply(msgid, task)
         with trio.move_on_after(timeout):
             return await self._wait_for_reply(msgid, task)
-        raise local_deadline(method, timeout)
+        raise attempts.expired()
 
-    async def notify(self, method: str, *params: Any) -> None:
-        """Send a notification: the server runs ``method`` and never replies.
-
-        The message is queued for the writer task; :meth:`aclose` (and a clean
-        exit from ``async with``) sends whatever is still queued first.
-
-        Raises:
-            FrameTooLarge: the message is larger than the server's ``max_frame``.
-            ConnectionClosed: the connection is closed or was lost.
-            TypeError: a parameter cannot be encoded as msgpack.
-        """
+    async def notify(self, method: str, params: tuple[Any, ...]) -> None:
+        """Queue a notification for the writer (see :meth:`Client.notify`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._wait_for_outbox_room()
         self._queue(self._core.notification(method, params))
         await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def aclose(self) -> None:
-        """Close the connection. Pending calls fail with :class:`ConnectionClosed`.
-
-        The server is sent a cancel for each pending call, and the frames
-        already queued (notifications, cancels) go first, when the connection
-        is healthy (for at most ``FLUSH_TIMEOUT_S``). Closing twice is fine.
-        """
-        await self._close(FLUSH_TIMEOUT_S)
 
     async def _close(self, flush_s: float) -> None:
         try:
@@ -201,6 +187,9 @@ class Client(ClientBase[trio.lowlevel.Task]):
         try:
             while True:
                 while not outbox or self._writing:
+                    if self._retiring and not outbox and not self._writing:
+                        await self._half_close()
+                        return
                     await self._writer_lot.park()
                 data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
@@ -218,6 +207,23 @@ class Client(ClientBase[trio.lowlevel.Task]):
                 self._drained_lot.unpark_all()
         except Exception as exc:  # never into the nursery: see the module docstring
             self._fail(send_failed(exc))
+
+    async def _half_close(self) -> None:
+        """After a goaway, with everything owed written: send EOF (protocol.md §11.4).
+
+        A stream that cannot half-close (TLS) stays open until the reader
+        closes it with the last reply.
+        """
+        if not isinstance(self._stream, trio.abc.HalfCloseableStream):
+            return
+        self._core.half_closed = True  # no cancel can follow the EOF
+        with trio.CancelScope(shield=True):
+            await self._stream.send_eof()
+
+    def _retire(self) -> None:
+        """The server said goaway: no new calls here; the writer half-closes when idle."""
+        self._retiring = True
+        self._writer_lot.unpark()
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -255,6 +261,13 @@ class Client(ClientBase[trio.lowlevel.Task]):
                 if finished is not None:
                     self._fail(finished)
                     return
+                if core.goaway is not None:
+                    if not self._retiring:
+                        self._retire()
+                    if not core.has_live_calls():
+                        # Everything asked here is answered: done with it.
+                        self._fail(ConnectionClosed("closed after the server's goaway"))
+                        return
                 data = await self._stream.receive_some(RECEIVE_SIZE)
         except Exception as exc:  # never into the nursery: see the module docstring
             self._fail(connection_lost(exc))
@@ -278,12 +291,264 @@ class Client(ClientBase[trio.lowlevel.Task]):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
+        # Ended (lost, or done after a goaway): let the stream go now. (When an
+        # outer scope cancels these tasks, Cancelled skips this: _close() may
+        # still have cancels to send.)
+        await trio.aclose_forcefully(self._stream)
+
+
+class _Connecting:
+    """One round of connection attempts, shared by every call that waits for it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: ConnectionClosed | None = None
+
+
+class Client(ClientFront[trio.lowlevel.Task]):
+    """A client of one trio_echo server address; any number of tasks call at once.
+
+    Calls share its current connection. When the server says ``goaway``
+    (protocol version 2: it is shutting down, or the connection is old) new
+    calls go to a new connection while the pending ones finish on the old
+    one; a call the server answered ``unavailable`` is sent again there. When
+    the connection is lost, the calls pending on it fail with
+    :class:`ConnectionClosed`, and the next call connects again (unless
+    ``reconnect=False``). Get one from :func:`open_client`,
+    :func:`open_unix_client` or :func:`open_client_over_stream`; do not
+    construct it directly.
+    """
+
+    _current: Connection
+
+    def __init__(
+        self,
+        first: Connection,
+        dial: Dial | None,
+        where: str,
+        *,
+        reconnect: bool,
+        connect_timeout: float | None,
+    ) -> None:
+        # Set by _run, the client's background task, which runs every connection's tasks.
+        self._nursery: trio.Nursery | None = None
+        self._dial = dial
+        self._where = where
+        self._reconnect = reconnect and dial is not None
+        self._connect_timeout = math.inf if connect_timeout is None else connect_timeout
+        self._connections: set[Connection] = set()
+        self._connecting: _Connecting | None = None
+        self._backoff = Backoff()
+        self._closed = False
+        self._current = first
+        self._connections.add(first)
+
+    # -- public API ------------------------------------------------------------------
+
+    async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` with positional ``params`` and return its result.
+
+        Many tasks may call at once; their requests share the connection and
+        are answered in any order. If the caller is cancelled, a cancel
+        message is sent to the server and the call returns at once; its late
+        reply is dropped. A call the server answered ``unavailable`` (it was
+        going away and did not run it) is sent again on a new connection, at
+        most ``UNAVAILABLE_RETRIES`` times, within ``timeout``.
+
+        Args:
+            method: the method name.
+            *params: its parameters (any msgpack-able values).
+            timeout: seconds for the whole call, retries included. Sent to the
+                server as ``timeout_ms`` (what is left of it) and also
+                enforced here; either way the call raises DeadlineExceeded.
+
+        Raises:
+            RemoteError: the server answered with an error; the subclass names
+                the code (``UnknownMethod``, ``InvalidParams``, ...). The
+                connection stays usable.
+            Unavailable: answered ``unavailable`` on every try.
+            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
+            FrameTooLarge: the request is larger than the server's
+                ``max_frame``; it was not sent and the connection stays usable.
+            ConnectionClosed: the connection was lost during the call (the
+                server may or may not have run it); or no connection could be
+                made within ``connect_timeout``; or the client is closed.
+            ValueError: ``timeout`` is not a positive number.
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        attempts = Attempts(method, timeout, trio.current_time())
+        while True:
+            conn = await self._connection(attempts)
+            try:
+                return await conn.call(
+                    method, params, attempts.remaining(trio.current_time()), attempts
+                )
+            except (GoingAway, Unavailable) as exc:
+                if not attempts.again(exc, self._reconnect):
+                    raise
+
+    async def notify(self, method: str, *params: Any) -> None:
+        """Send a notification: the server runs ``method`` and never replies.
+
+        The message is queued for the writer task; :meth:`aclose` (and a clean
+        exit from ``async with``) sends whatever is still queued first.
+
+        Raises:
+            FrameTooLarge: the message is larger than the server's ``max_frame``.
+            ConnectionClosed: no connection (closed, or lost and not remade).
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        attempts = Attempts(method, None, trio.current_time())
+        while True:
+            conn = await self._connection(attempts)
+            try:
+                return await conn.notify(method, params)
+            except GoingAway:
+                if not self._reconnect:
+                    raise
+
+    async def aclose(self) -> None:
+        """Close every connection. Pending calls fail with :class:`ConnectionClosed`.
+
+        The server is sent a cancel for each pending call, and the frames
+        already queued (notifications, cancels) go first, when the connection
+        is healthy (for at most ``FLUSH_TIMEOUT_S``). Closing twice is fine.
+        """
+        await self._close(FLUSH_TIMEOUT_S)
+
+    # -- connections -----------------------------------------------------------------
+
+    async def _close(self, flush_s: float) -> None:
+        self._closed = True
+        for conn in [self._current, *self._connections]:
+            await conn._close(flush_s)
+
+    async def _run(self) -> None:
+        """The client's background task: the connections' tasks and the rounds of
+        connection attempts run in its nursery. It never raises."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._run_connection, self._current)
+            await trio.sleep_forever()
+
+    def _install(self, conn: Connection) -> None:
+        """Make ``conn`` the current connection and run its tasks."""
+        assert self._nursery is not None
+        self._current = conn
+        self._connections.add(conn)
+        self._nursery.start_soon(self._run_connection, conn)
+
+    async def _run_connection(self, conn: Connection) -> None:
+        try:
+            await conn._run_tasks()
+        finally:
+            self._connections.discard(conn)
+
+    async def _connection(self, attempts: Attempts) -> Connection:
+        """The connection for a new call: the current one, or a new one.
+
+        A call waits for a new connection at most ``connect_timeout`` (and
+        never past its own deadline), through as many rounds of attempts as
+        fit in that time.
+
+        Raises:
+            ConnectionClosed: the client is closed, or may not reconnect
+                (GoingAway if the server said goaway), or no connection was
+                made within ``connect_timeout``.
+            DeadlineExceeded: the call's timeout passed first.
+        """
+        give_up_at = math.inf
+        error: ConnectionClosed | None = None
+        while True:
+            if self._closed:
+                raise closed_by_us()
+            conn = self._current
+            if conn.core.usable:
+                return conn
+            if not self._reconnect:
+                conn.core.check_usable()
+            if conn.core.goaway is None:
+                self._backoff.lost()  # lost, not moved away from: do not come back at once
+            now = trio.current_time()
+            if give_up_at == math.inf:
+                give_up_at = now + self._connect_timeout
+            if now >= attempts.deadline:
+                raise attempts.expired()
+            if now >= give_up_at:
+                raise (
+                    fresh(error)
+                    if error is not None
+                    else ConnectionClosed(
+                        f"no connection to {self._where} within {self._connect_timeout:g} s"
+                    )
+                )
+            error = await self._connected(min(give_up_at, attempts.deadline)) or error
+
+    async def _connected(self, until: float) -> ConnectionClosed | None:
+        """Wait (until ``until`` at most) for a round of connection attempts, starting
+        one if none runs; the round's error if it failed."""
+        while self._nursery is None:  # _run has not started yet
+            await trio.lowlevel.checkpoint()
+        if self._connecting is None:
+            self._connecting = _Connecting()
+            self._nursery.start_soon(self._connect, self._connecting)
+        connecting = self._connecting
+        with trio.move_on_at(until):
+            await connecting.done.wait()
+        return connecting.error
+
+    async def _connect(self, connecting: _Connecting) -> None:
+        """Connect again, spaced by the backoff, for at most ``connect_timeout``.
+
+        Runs in the client's nursery, so a caller that gives up does not stop
+        it; it never raises (the error is for the waiting calls).
+        """
+        assert self._dial is not None
+        give_up_at = trio.current_time() + self._connect_timeout
+        try:
+            while True:
+                await trio.sleep(min(self._backoff.delay(), give_up_at - trio.current_time()))
+                try:
+                    conn = await _offer_versions(
+                        self._dial, max(give_up_at - trio.current_time(), 0.001)
+                    )
+                except Exception as exc:  # OSError, ConnectionClosed, ...: try again
+                    self._backoff.failed()
+                    if self._closed or trio.current_time() >= give_up_at:
+                        connecting.error = lost(f"cannot connect to {self._where}", exc)
+                        return
+                    continue
+                self._backoff.succeeded()
+                if self._closed:
+                    await conn._close(0)
+                else:
+                    self._install(conn)
+                return
+        finally:
+            self._connecting = None
+            connecting.done.set()
+
+
+async def _offer_versions(dial: Dial, timeout: float | None) -> Connection:
+    """A connection of the newest protocol version the server speaks (protocol.md §11.1)."""
+    try:
+        return await dial(wire.LATEST_VERSION, timeout)
+    except VersionRefused:
+        return await dial(wire.PROTOCOL_VERSION, timeout)
 
 
 @asynccontextmanager
-async def _run(client: Client) -> AsyncIterator[Client]:
-    """Run the client's reader and writer around the ``async with`` body."""
-    async with background(client._run_tasks):
+async def _run(
+    first: Connection,
+    dial: Dial | None,
+    where: str,
+    *,
+    reconnect: bool = False,
+    connect_timeout: float | None = None,
+) -> AsyncIterator[Client]:
+    """Run a client (its connections' tasks, its reconnections) around the ``async with`` body."""
+    client = Client(first, dial, where, reconnect=reconnect, connect_timeout=connect_timeout)
+    async with background(client._run):
         ok = False
         try:
             yield client
@@ -304,43 +569,52 @@ async def open_client_over_stream(
     *,
     on_notification: NotificationHandler | None = None,
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+    version: int = wire.LATEST_VERSION,
 ) -> AsyncIterator[Client]:
     """Speak the framed protocol over any Trio stream (TLS, unix sockets, tests).
 
     Sends the preamble, waits for the server's hello, then yields a
     :class:`Client`. The client owns ``stream`` and closes it on exit. Wrap
     the ``async with`` in ``trio.fail_after`` to bound the wait for the hello.
+    With one stream there is nothing to reconnect: after the server's
+    ``goaway`` the pending calls finish and new calls raise
+    :class:`ConnectionClosed`.
 
     Args:
         stream: a connected stream; nothing may have been sent on it yet.
         on_notification: called as ``on_notification(method, params)`` from
             the reader task for every server notification except ``hello``
-            (for example ``("error", [{"code": ..., "message": ...}])``). It
-            must not block; if it raises, the connection is closed.
+            and ``goaway`` (for example ``("error", [{"code": ..., "message":
+            ...}])``). It must not block; if it raises, the connection is closed.
         max_frame: the largest reply accepted from the server, in bytes (16 MiB
             by default). A larger one fails only its call, with
             ``FrameTooLarge``; it is skipped unread and the connection stays usable.
+        version: the protocol version to offer (2; 1 for a server that speaks
+            only version 1, which refuses 2 and closes the stream).
 
     Raises:
         ConnectionClosed: the server closed the connection (or sent something
             else) before its hello; the stream is closed.
     """
-    client = await _started(stream, on_notification, max_frame)
-    async with _run(client):
+    first = await _started(stream, on_notification, max_frame, version)
+    async with _run(first, None, f"<{type(stream).__name__}>") as client:
         yield client
 
 
 async def _started(
-    stream: trio.abc.Stream, on_notification: NotificationHandler | None, max_frame: int
-) -> Client:
-    """A client past the server's hello; ``stream`` is closed if that fails."""
-    client = Client(stream, on_notification=on_notification, max_frame=max_frame)
+    stream: trio.abc.Stream,
+    on_notification: NotificationHandler | None,
+    max_frame: int,
+    version: int,
+) -> Connection:
+    """A connection past the server's hello; ``stream`` is closed if that fails."""
+    conn = Connection(stream, on_notification=on_notification, max_frame=max_frame, version=version)
     try:
-        await client._handshake()
+        await conn._handshake()
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return client
+    return conn
 
 
 @asynccontextmanager
@@ -353,21 +627,30 @@ async def open_client(
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    reconnect: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect to a trio_echo server over TCP and yield a :class:`Client`.
 
-    Returns once the server's hello has arrived; the connection is closed
+    Returns once the server's hello has arrived; the connections are closed
     when the ``async with`` block exits (pending calls then fail with
     :class:`ConnectionClosed`)::
 
         async with trio_echo.open_client("127.0.0.1", 7000) as client:
             print(await client.call("echo", "hi"))
 
+    The client offers protocol version 2 and falls back to 1 for an older
+    server. It follows the server's ``goaway`` to a new connection and, when
+    a connection is lost, connects again for the next call (see
+    :class:`Client`). The first connection is not retried: if it fails, this
+    raises at once.
+
     Args:
-        host: the server's host name or address.
+        host: the server's host name or address (or a load balancer's).
         port: the server's port.
         connect_timeout: seconds allowed for connecting, the TLS handshake
-            and the hello (``None`` waits forever).
+            and the hello (``None`` waits forever); later, how long a call
+            waits for a new connection (attempts are spaced 50 ms, doubling
+            to 5 s).
         on_notification: see :func:`open_client_over_stream`.
         max_frame: the largest reply accepted from the server, in bytes (16 MiB
             by default). A larger one fails only its call, with
@@ -377,6 +660,8 @@ async def open_client(
             certificate into it for mutual TLS).
         server_hostname: the name the server's certificate must carry;
             ``host`` by default.
+        reconnect: False keeps one connection: once it is lost (or the server
+            said goaway), calls raise :class:`ConnectionClosed`.
 
     Raises:
         ConnectFailed: the connection could not be made (refused, unreachable,
@@ -387,16 +672,19 @@ async def open_client(
             for a certificate that does not verify); a subclass of ``OSError``.
         ConnectionClosed: the server closed the connection before its hello.
     """
-    client = await _connected(
+    where = address(host, port)
+    dial = _dialer(
         functools.partial(trio.open_tcp_stream, host, port),
-        address(host, port),
-        connect_timeout,
+        where,
         ssl_context,
         server_hostname or host,
         on_notification,
         max_frame,
     )
-    async with _run(client):
+    first = await _offer_versions(dial, connect_timeout)
+    async with _run(
+        first, dial, where, reconnect=reconnect, connect_timeout=connect_timeout
+    ) as client:
         yield client
 
 
@@ -409,48 +697,56 @@ async def open_unix_client(
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    reconnect: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect to a trio_echo server on a Unix domain socket and yield a :class:`Client`.
 
     Like :func:`open_client`; with ``ssl_context``, ``server_hostname`` names
     the certificate to expect (or the context must not check host names).
     """
-    client = await _connected(
+    dial = _dialer(
         functools.partial(trio.open_unix_socket, path),
         path,
-        connect_timeout,
         ssl_context,
         server_hostname,
         on_notification,
         max_frame,
     )
-    async with _run(client):
+    first = await _offer_versions(dial, connect_timeout)
+    async with _run(
+        first, dial, path, reconnect=reconnect, connect_timeout=connect_timeout
+    ) as client:
         yield client
 
 
-async def _connected(
+def _dialer(
     open_stream: Callable[[], Awaitable[trio.abc.Stream]],
     where: str,
-    connect_timeout: float | None,
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
     on_notification: NotificationHandler | None,
     max_frame: int,
-) -> Client:
-    """Connect, do the TLS handshake if asked, and wait for the hello, within connect_timeout."""
-    client: Client | None = None
-    with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
-        # On a timeout, the opener, _tls and _started close what they opened.
-        try:
-            stream = await open_stream()
-        except OSError as exc:
-            raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
-        if ssl_context is not None:
-            stream = await _tls(stream, ssl_context, server_hostname)
-        client = await _started(stream, on_notification, max_frame)
-    if client is None:
-        raise connect_timed_out(where, connect_timeout)
-    return client
+) -> Dial:
+    """How to open one more connection to ``where``."""
+
+    async def dial(version: int, connect_timeout: float | None) -> Connection:
+        """Connect, do the TLS handshake if asked, and wait for the hello, within
+        connect_timeout."""
+        conn: Connection | None = None
+        with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
+            # On a timeout, the opener, _tls and _started close what they opened.
+            try:
+                stream = await open_stream()
+            except OSError as exc:
+                raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
+            if ssl_context is not None:
+                stream = await _tls(stream, ssl_context, server_hostname)
+            conn = await _started(stream, on_notification, max_frame, version)
+        if conn is None:
+            raise connect_timed_out(where, connect_timeout)
+        return conn
+
+    return dial
 
 
 async def _tls(

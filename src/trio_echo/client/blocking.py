@@ -11,46 +11,65 @@ is written only under ``_send_lock`` (never held together with ``_lock``, so
 a slow send never stalls the reader). A caller that gives up (``timeout``, or
 ``KeyboardInterrupt`` in a REPL) sends ``[3, msgid]`` and keeps the msgid
 reserved until the late reply arrives.
+
+The :class:`BlockingClient` users hold stands for an address: calls go to
+its current :class:`BlockingConnection`, and it makes a new one when the
+server says ``goaway`` (protocol version 2) or, with ``reconnect``, when the
+connection is lost. Connecting again is done by the calling thread that
+finds no usable connection, under ``_connect_lock`` (the others wait for
+it), spaced by the core's :class:`Backoff`. A connection told to go away
+takes no new call; once nothing is left to send on it (``_unsent``), it is
+half-closed, and it closes when its last pending call is answered.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from ..errors import ConnectionClosed
+from .. import wire
+from ..errors import ConnectionClosed, Unavailable
 from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
     RECEIVE_SIZE,
+    Attempts,
+    Backoff,
     ClientBase,
     ClientCore,
+    ClientFront,
+    GoingAway,
     NotificationHandler,
+    VersionRefused,
     closed_by_us,
     connect_timed_out,
     connection_lost,
-    local_deadline,
+    lost,
     lost_before_hello,
     send_failed,
     send_interrupted,
 )
 from .tls_socket import TLSSocket
 
-__all__ = ["BlockingClient", "connect", "connect_unix"]
+__all__ = ["BlockingClient", "BlockingConnection", "connect", "connect_unix"]
+
+#: Opens one connection offering a protocol version, within a timeout in seconds.
+BlockingDial = Callable[[int, float | None], "BlockingConnection"]
 
 
-class BlockingClient(ClientBase[Future[Any]]):
-    """A thread-safe connection to a trio_echo server; calls from many threads share it.
+class BlockingConnection(ClientBase[Future[Any]]):
+    """One thread-safe connection to a trio_echo server; calls from many threads share it.
 
-    Get one from :func:`connect`. Use it as a context manager, or call
-    :meth:`close`.
+    The :class:`BlockingClient` makes and replaces these; do not construct one directly.
     """
 
     def __init__(
@@ -59,6 +78,7 @@ class BlockingClient(ClientBase[Future[Any]]):
         *,
         on_notification: NotificationHandler | None = None,
         max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+        version: int = wire.PROTOCOL_VERSION,
     ) -> None:
         """Take over a connected socket whose server has not been spoken to yet.
 
@@ -70,12 +90,17 @@ class BlockingClient(ClientBase[Future[Any]]):
 
         Raises:
             ConnectionClosed: the server closed the connection before its hello.
+            VersionRefused: the server does not speak ``version`` (a ConnectionClosed).
             TimeoutError: the socket's timeout passed before the hello.
         """
         self._sock = sock
-        self._core: ClientCore[Future[Any]] = ClientCore(on_notification, max_frame)
+        self._core: ClientCore[Future[Any]] = ClientCore(on_notification, max_frame, version)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        # Messages made (under _lock) but not yet written: after a goaway the
+        # connection is half-closed only once this is 0 (see _retire_if_idle).
+        self._unsent = 0
+        self._released = False
         try:
             sock.sendall(self._core.initiate())
             while not self._core.receive_hello(sock.recv(RECEIVE_SIZE)):
@@ -88,51 +113,35 @@ class BlockingClient(ClientBase[Future[Any]]):
         )
         self._reader.start()
 
-    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
-        """Call ``method`` with positional ``params``; block until its result arrives.
-
-        Args:
-            method: the method name.
-            *params: its parameters (any msgpack-able values).
-            timeout: seconds. Sent to the server as ``timeout_ms`` and also
-                enforced here; either way the call raises DeadlineExceeded.
+    def call(
+        self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
+    ) -> Any:
+        """One try of a call on this connection (see :meth:`BlockingClient.call`).
 
         Raises:
-            RemoteError: the server answered with an error; the subclass names
-                the code. The connection stays usable.
-            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
-            FrameTooLarge: the request exceeds the server's ``max_frame``; it
-                was not sent and the connection stays usable.
-            ConnectionClosed: the connection is closed or was lost. It stays closed.
-            ValueError: ``timeout`` is not a positive number.
-            TypeError: a parameter cannot be encoded as msgpack.
+            GoingAway: the server said goaway first; the request was not sent.
         """
         future: Future[Any] = Future()
         with self._lock:
             msgid, data = self._core.request(method, params, timeout, future)
+            self._unsent += 1
         try:
-            self._send(data)
+            self._send_made(data)
             return future.result(timeout)
         except TimeoutError:
             if self._give_up(msgid, future):
-                assert timeout is not None  # future.result() without one never times out
-                raise local_deadline(method, timeout) from None
+                raise attempts.expired() from None
             return future.result()  # the reply won the race
         except BaseException:
             self._give_up(msgid, future)  # e.g. KeyboardInterrupt: cancel on the server too
             raise
 
-    def notify(self, method: str, *params: Any) -> None:
-        """Send a notification: the server runs ``method`` and never replies.
-
-        Raises:
-            FrameTooLarge: the message exceeds the server's ``max_frame``.
-            ConnectionClosed: the connection is closed or was lost.
-            TypeError: a parameter cannot be encoded as msgpack.
-        """
+    def notify(self, method: str, params: tuple[Any, ...]) -> None:
+        """Send a notification (see :meth:`BlockingClient.notify`)."""
         with self._lock:
             data = self._core.notification(method, params)
-        self._send(data)
+            self._unsent += 1
+        self._send_made(data)
 
     def close(self) -> None:
         """Close the connection; pending calls fail with :class:`ConnectionClosed`.
@@ -145,28 +154,64 @@ class BlockingClient(ClientBase[Future[Any]]):
         for future, error in waiters:
             future.set_exception(error)
         if cancels:
-            try:
-                self._send(cancels)
-            except ConnectionClosed:
-                pass
+            self._send_cancel(cancels)
         self._fail(closed_by_us())
         self._shutdown()
         if threading.current_thread() is not self._reader:
             self._reader.join()
-        self._sock.close()
-
-    def __enter__(self) -> BlockingClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._release()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _send_made(self, data: bytes) -> None:
+        """Send a message counted in ``_unsent``; then half-close if a goaway waits for it."""
+        try:
+            self._send(data)
+        finally:
+            with self._lock:
+                self._unsent -= 1
+            self._retire_if_idle()
+
+    def _send_cancel(self, data: bytes) -> None:
+        """Send cancels, unless the connection is half-closed or finished (then they are moot)."""
+        try:
+            with self._send_lock:
+                if self._core.half_closed or self._core.error is not None:
+                    return
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._fail(send_failed(exc))
+
+    def _retire_if_idle(self) -> None:
+        """After a goaway, with nothing left to send: half-close (protocol.md §11.4).
+
+        A TLS connection is not half-closed (a bare TCP FIN would cut the TLS
+        stream): it closes with its last reply instead.
+        """
+        with self._lock:
+            core = self._core
+            if core.goaway is None or self._unsent or core.half_closed or core.error is not None:
+                return
+            core.half_closed = True  # no cancel is sent after this
+        if isinstance(self._sock, socket.socket):
+            with self._send_lock:
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # already disconnected: the reader will see it
+
+    def _release(self) -> None:
+        """Close the socket, once (by close(), or by the reader when the connection ended).
+
+        Under the send lock, so that no other thread is inside a send on the
+        descriptor (which a new connection could otherwise be given).
+        """
+        with self._send_lock:
+            with self._lock:
+                if self._released:
+                    return
+                self._released = True
+            self._sock.close()
 
     def _send(self, data: bytes) -> None:
         sent = [0]  # bytes gone out, still known after an interrupt
@@ -223,10 +268,7 @@ class BlockingClient(ClientBase[Future[Any]]):
             owned = self._core.pending.get(msgid) is future
             cancel = self._core.abandon(msgid, future)
         if cancel is not None:
-            try:
-                self._send(cancel)
-            except ConnectionClosed:
-                pass
+            self._send_cancel(cancel)
         return owned
 
     def _read_loop(self) -> None:
@@ -243,16 +285,247 @@ class BlockingClient(ClientBase[Future[Any]]):
                     else:
                         future.set_exception(error)
                 core.settle()  # notifications; an error ends the loop
+                if core.goaway is not None and core.error is None:
+                    self._retire_if_idle()
+                    with lock:
+                        done = not core.has_live_calls() and not self._unsent
+                    if done:  # everything asked here is answered: done with it
+                        self._fail(ConnectionClosed("closed after the server's goaway"))
         except Exception as exc:  # OSError, or a bug: either way no call may hang
             self._fail(connection_lost(exc))
         if core.error is not None:
             self._fail(core.error)
+        # The connection is over, whoever ended it: let the socket go.
+        self._shutdown()
+        self._release()
 
     def _fail(self, error: ConnectionClosed) -> None:
         with self._lock:
             waiters = self._core.fail(error)
         for future, final in waiters:
             future.set_exception(final)
+
+
+class BlockingClient(ClientFront[Future[Any]]):
+    """A thread-safe client of one trio_echo server address; many threads call at once.
+
+    Calls share its current connection. When the server says ``goaway``
+    (protocol version 2) new calls go to a new connection while the pending
+    ones finish on the old one, and a call answered ``unavailable`` is sent
+    again there. When the connection is lost, the calls pending on it fail
+    with :class:`ConnectionClosed` and the next call connects again (unless
+    ``reconnect=False``). Get one from :func:`connect` or
+    :func:`connect_unix`; use it as a context manager, or call :meth:`close`.
+    """
+
+    _current: BlockingConnection
+
+    def __init__(
+        self,
+        sock: socket.socket | TLSSocket,
+        *,
+        on_notification: NotificationHandler | None = None,
+        max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
+        version: int = wire.LATEST_VERSION,
+    ) -> None:
+        """Take over a connected socket whose server has not been spoken to yet.
+
+        Performs the handshake (offering ``version``) with the socket's
+        current timeout. With no address to connect to again, the client
+        keeps this one connection (as with ``reconnect=False``).
+
+        Raises:
+            ConnectionClosed: the server closed the connection before its hello.
+            TimeoutError: the socket's timeout passed before the hello.
+        """
+        first = BlockingConnection(
+            sock, on_notification=on_notification, max_frame=max_frame, version=version
+        )
+        self._setup(first, None, "<socket>", reconnect=False, connect_timeout=None)
+
+    @classmethod
+    def _dialled(
+        cls,
+        first: BlockingConnection,
+        dial: BlockingDial,
+        where: str,
+        *,
+        reconnect: bool,
+        connect_timeout: float | None,
+    ) -> BlockingClient:
+        """A client that can connect to ``where`` again with ``dial``."""
+        client = cls.__new__(cls)
+        client._setup(first, dial, where, reconnect=reconnect, connect_timeout=connect_timeout)
+        return client
+
+    def _setup(
+        self,
+        first: BlockingConnection,
+        dial: BlockingDial | None,
+        where: str,
+        *,
+        reconnect: bool,
+        connect_timeout: float | None,
+    ) -> None:
+        self._dial = dial
+        self._where = where
+        self._reconnect = reconnect and dial is not None
+        self._connect_timeout = math.inf if connect_timeout is None else connect_timeout
+        self._current = first
+        self._connections = [first]
+        self._connect_lock = threading.Lock()
+        self._backoff = Backoff()
+        self._closed = False
+
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` with positional ``params``; block until its result arrives.
+
+        A call the server answered ``unavailable`` (it was going away and did
+        not run it) is sent again on a new connection, at most
+        ``UNAVAILABLE_RETRIES`` times, within ``timeout``.
+
+        Args:
+            method: the method name.
+            *params: its parameters (any msgpack-able values).
+            timeout: seconds for the whole call, retries included. Sent to the
+                server as ``timeout_ms`` (what is left of it) and also
+                enforced here; either way the call raises DeadlineExceeded.
+
+        Raises:
+            RemoteError: the server answered with an error; the subclass names
+                the code. The connection stays usable.
+            Unavailable: answered ``unavailable`` on every try.
+            DeadlineExceeded: ``timeout`` passed (the connection stays usable).
+            FrameTooLarge: the request exceeds the server's ``max_frame``; it
+                was not sent and the connection stays usable.
+            ConnectionClosed: the connection was lost during the call (the
+                server may or may not have run it); or no connection could be
+                made within ``connect_timeout``; or the client is closed.
+            ValueError: ``timeout`` is not a positive number.
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        attempts = Attempts(method, timeout, time.monotonic())
+        while True:
+            conn = self._connection(attempts)
+            try:
+                return conn.call(method, params, attempts.remaining(time.monotonic()), attempts)
+            except (GoingAway, Unavailable) as exc:
+                if not attempts.again(exc, self._reconnect):
+                    raise
+
+    def notify(self, method: str, *params: Any) -> None:
+        """Send a notification: the server runs ``method`` and never replies.
+
+        Raises:
+            FrameTooLarge: the message exceeds the server's ``max_frame``.
+            ConnectionClosed: no connection (closed, or lost and not remade).
+            TypeError: a parameter cannot be encoded as msgpack.
+        """
+        attempts = Attempts(method, None, time.monotonic())
+        while True:
+            conn = self._connection(attempts)
+            try:
+                return conn.notify(method, params)
+            except GoingAway:
+                if not self._reconnect:
+                    raise
+
+    def close(self) -> None:
+        """Close every connection; pending calls fail with :class:`ConnectionClosed`.
+
+        The server is sent a cancel for each pending call first. Closing twice
+        is fine.
+        """
+        self._closed = True
+        with self._connect_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _connection(self, attempts: Attempts) -> BlockingConnection:
+        """The connection for a new call: the current one, or a new one (made here).
+
+        Raises:
+            ConnectionClosed: the client is closed, or may not reconnect
+                (GoingAway if the server said goaway), or no connection was
+                made within ``connect_timeout``.
+            DeadlineExceeded: the call's timeout passed first.
+        """
+        while True:
+            if self._closed:
+                raise closed_by_us()
+            conn = self._current
+            if conn.core.usable:
+                return conn
+            if not self._reconnect:
+                conn.core.check_usable()
+            wait = min(attempts.deadline, time.monotonic() + self._connect_timeout)
+            if not self._connect_lock.acquire(timeout=_lock_timeout(wait - time.monotonic())):
+                if time.monotonic() >= attempts.deadline:
+                    raise attempts.expired()
+                raise ConnectionClosed(
+                    f"no connection to {self._where} within {self._connect_timeout:g} s"
+                )
+            try:
+                if self._current is conn and not self._closed:  # nobody made one meanwhile
+                    self._connect_again(conn, attempts)
+            finally:
+                self._connect_lock.release()
+
+    def _connect_again(self, old: BlockingConnection, attempts: Attempts) -> None:
+        """Make a new current connection, spaced by the backoff, within ``connect_timeout``
+        and the call's own deadline. Called with ``_connect_lock`` held."""
+        assert self._dial is not None
+        if old.core.goaway is None:
+            self._backoff.lost()  # lost, not moved away from: do not come back at once
+        limit = min(time.monotonic() + self._connect_timeout, attempts.deadline)
+        error: Exception | None = None
+        while (now := time.monotonic()) < limit:
+            time.sleep(min(self._backoff.delay(), limit - now))
+            try:
+                conn = _offer_versions(self._dial, max(limit - time.monotonic(), 0.001))
+            except Exception as exc:  # OSError, ConnectionClosed, ...: try again
+                self._backoff.failed()
+                error = exc
+                continue
+            self._backoff.succeeded()
+            if self._closed:  # closed meanwhile, by another thread
+                conn.close()
+                raise closed_by_us()
+            self._connections = [c for c in self._connections if not c.closed] + [conn]
+            self._current = conn
+            return
+        if limit == attempts.deadline:
+            raise attempts.expired() from error
+        if error is not None:
+            raise lost(f"cannot connect to {self._where}", error) from error
+        raise ConnectionClosed(f"no connection to {self._where} within {self._connect_timeout:g} s")
+
+
+def _lock_timeout(seconds: float) -> float:
+    """A ``Lock.acquire`` timeout: -1 (forever) for an infinite wait."""
+    if math.isinf(seconds):
+        return -1
+    return max(seconds, 0.0)
+
+
+def _offer_versions(dial: BlockingDial, timeout: float | None) -> BlockingConnection:
+    """A connection of the newest protocol version the server speaks (protocol.md §11.1)."""
+    try:
+        return dial(wire.LATEST_VERSION, timeout)
+    except VersionRefused:
+        return dial(wire.PROTOCOL_VERSION, timeout)
 
 
 def connect(
@@ -264,6 +537,7 @@ def connect(
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    reconnect: bool = True,
 ) -> BlockingClient:
     """Connect to a trio_echo server and return a :class:`BlockingClient`.
 
@@ -272,15 +546,23 @@ def connect(
         with trio_echo.connect("127.0.0.1", 7000) as client:
             print(client.call("echo", "hi"))
 
+    The client offers protocol version 2 and falls back to 1 for an older
+    server. It follows the server's ``goaway`` to a new connection and, when
+    a connection is lost, connects again for the next call (see
+    :class:`BlockingClient`). The first connection is not retried: if it
+    fails, this raises at once.
+
     Args:
-        host: the server's host name or address.
+        host: the server's host name or address (or a load balancer's).
         port: the server's port.
         connect_timeout: seconds allowed for connecting, the TLS handshake
-            and the hello (``None`` waits forever).
+            and the hello (``None`` waits forever); later, how long a call
+            waits for a new connection (attempts are spaced 50 ms, doubling
+            to 5 s).
         on_notification: called as ``on_notification(method, params)`` from
-            the reader thread for every server notification except ``hello``.
-            It must not block or call the client; if it raises, the
-            connection is closed.
+            the reader thread for every server notification except ``hello``
+            and ``goaway``. It must not block or call the client; if it
+            raises, the connection is closed.
         max_frame: the largest reply accepted from the server, in bytes (16 MiB
             by default). A larger one fails only its call, with
             ``FrameTooLarge``; it is skipped unread and the connection stays usable.
@@ -288,6 +570,8 @@ def connect(
             certificate into it for mutual TLS).
         server_hostname: the name the server's certificate must carry;
             ``host`` by default.
+        reconnect: False keeps one connection: once it is lost (or the server
+            said goaway), calls raise :class:`ConnectionClosed`.
 
     Raises:
         ConnectFailed: the connection could not be made (refused, unreachable,
@@ -298,19 +582,21 @@ def connect(
         ConnectionClosed: the server closed the connection before its hello.
     """
 
-    def open_socket() -> socket.socket:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    def open_socket(timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    return _connect(
-        open_socket,
-        address(host, port),
-        connect_timeout,
-        on_notification,
-        max_frame,
-        ssl_context,
-        server_hostname or host,
+    where = address(host, port)
+    dial = _dialer(
+        open_socket, where, on_notification, max_frame, ssl_context, server_hostname or host
+    )
+    return BlockingClient._dialled(
+        _offer_versions(dial, connect_timeout),
+        dial,
+        where,
+        reconnect=reconnect,
+        connect_timeout=connect_timeout,
     )
 
 
@@ -322,50 +608,62 @@ def connect_unix(
     max_frame: int = DEFAULT_RECEIVE_MAX_FRAME,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    reconnect: bool = True,
 ) -> BlockingClient:
     """Connect to a trio_echo server on a Unix domain socket; like :func:`connect`."""
 
-    def open_socket() -> socket.socket:
+    def open_socket(timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(connect_timeout)
+            sock.settimeout(timeout)
             sock.connect(path)
         except BaseException:
             sock.close()
             raise
         return sock
 
-    return _connect(
-        open_socket, path, connect_timeout, on_notification, max_frame, ssl_context, server_hostname
+    dial = _dialer(open_socket, path, on_notification, max_frame, ssl_context, server_hostname)
+    return BlockingClient._dialled(
+        _offer_versions(dial, connect_timeout),
+        dial,
+        path,
+        reconnect=reconnect,
+        connect_timeout=connect_timeout,
     )
 
 
-def _connect(
-    open_socket: Callable[[], socket.socket],
+def _dialer(
+    open_socket: Callable[[float | None], socket.socket],
     where: str,
-    connect_timeout: float | None,
     on_notification: NotificationHandler | None,
     max_frame: int,
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
-) -> BlockingClient:
-    sock: socket.socket | None = None
-    try:
+) -> BlockingDial:
+    """How to open one more connection to ``where``."""
+
+    def dial(version: int, connect_timeout: float | None) -> BlockingConnection:
+        sock: socket.socket | None = None
         try:
-            sock = open_socket()
+            try:
+                sock = open_socket(connect_timeout)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
+            transport: socket.socket | TLSSocket = sock
+            if ssl_context is not None:
+                transport = TLSSocket(sock, ssl_context, server_hostname)
+            return BlockingConnection(
+                transport, on_notification=on_notification, max_frame=max_frame, version=version
+            )
         except TimeoutError:
+            if sock is not None:
+                sock.close()
+            raise connect_timed_out(where, connect_timeout) from None
+        except BaseException:
+            if sock is not None:
+                sock.close()
             raise
-        except OSError as exc:
-            raise connect_failed(where, exc)  # noqa: B904 - its __cause__ is the root cause
-        transport: socket.socket | TLSSocket = sock
-        if ssl_context is not None:
-            transport = TLSSocket(sock, ssl_context, server_hostname)
-        return BlockingClient(transport, on_notification=on_notification, max_frame=max_frame)
-    except TimeoutError:
-        if sock is not None:
-            sock.close()
-        raise connect_timed_out(where, connect_timeout) from None
-    except BaseException:
-        if sock is not None:
-            sock.close()
-        raise
+
+    return dial

@@ -24,12 +24,25 @@ waiter is woken, and take everything else from here, in the same steps:
   with :func:`closed_by_us` and closes its stream.
 
 Every message a client raises on its own is made by a function below.
+
+Protocol version 2 (protocol.md §11). A core offers a version in its preamble;
+an older server refuses version 2 with ``unsupported_version``, which
+:meth:`ClientCore.receive_hello` raises as :class:`VersionRefused` so that
+the transport connects again with version 1. A ``goaway`` sets
+:attr:`ClientCore.goaway`: from then on the core refuses new calls
+(:class:`GoingAway`) while the pending ones finish, and the transport
+half-closes the connection once it has written what it owes. What happens
+across connections is decided here too: :class:`Attempts` (whether a call
+goes again on another connection, within its own deadline) and
+:class:`Backoff` (when to try connecting again); :class:`ClientFront` is
+what both clients expose of the connection they use now.
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import random
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
@@ -40,6 +53,7 @@ from ..errors import (
     DeadlineExceeded,
     FrameTooLarge,
     RemoteError,
+    Unavailable,
     remote_error,
 )
 
@@ -47,12 +61,19 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_RECEIVE_MAX_FRAME",
     "RECEIVE_SIZE",
+    "UNAVAILABLE_RETRIES",
+    "Attempts",
+    "Backoff",
     "ClientBase",
     "ClientCore",
+    "ClientFront",
+    "GoingAway",
     "NotificationHandler",
+    "VersionRefused",
     "closed_by_us",
     "connect_timed_out",
     "connection_lost",
+    "fresh",
     "local_deadline",
     "lost",
     "lost_before_hello",
@@ -71,6 +92,13 @@ DEFAULT_RECEIVE_MAX_FRAME: Final = 4 * wire.DEFAULT_MAX_FRAME
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 #: A first frame longer than this cannot be a hello: the peer is no trio_echo server.
 MAX_HELLO_BYTES: Final = 64 * 1024
+#: A call answered ``unavailable`` is sent again at most this many times (§11.4).
+UNAVAILABLE_RETRIES: Final = 3
+#: Reconnecting after a lost connection: the first wait, in seconds, doubling up
+#: to BACKOFF_MAX_S between failed attempts, each randomised by ±BACKOFF_JITTER.
+BACKOFF_FIRST_S: Final = 0.05
+BACKOFF_MAX_S: Final = 5.0
+BACKOFF_JITTER: Final = 0.2
 
 W = TypeVar("W")
 
@@ -132,6 +160,101 @@ def connect_timed_out(where: str, timeout: float | None) -> ConnectTimeout:
     )
 
 
+class GoingAway(ConnectionClosed):
+    """The server said ``goaway`` on this connection: it takes no new call.
+
+    A reconnecting client sends the call on a new connection instead; one
+    that may not reconnect raises this (a :class:`ConnectionClosed`).
+    """
+
+
+class VersionRefused(ConnectionClosed):
+    """The server does not speak the protocol version offered (an older server)."""
+
+
+class Backoff:
+    """How long to wait before the next connection attempt.
+
+    Nothing after a success or a ``goaway`` (the server asked us to move).
+    After a lost connection, and between failed attempts: 50 ms, doubling
+    up to 5 s, each wait randomised by ±20 % so that the clients of a
+    crashed server do not come back in one wave.
+    """
+
+    def __init__(self, rng: Callable[[], float] = random.random) -> None:
+        self._rng = rng
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next attempt (0 for none)."""
+        return self._next * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * self._rng())
+
+    def lost(self) -> None:
+        """A connection was lost without a goaway: do not come back at once."""
+        self._next = self._next or BACKOFF_FIRST_S
+
+    def failed(self) -> None:
+        """An attempt failed: wait longer before the next one."""
+        self._next = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, self._next * 2))
+
+    def succeeded(self) -> None:
+        self._next = 0.0
+
+
+class Attempts:
+    """The tries of one call across connections (protocol.md §11.4).
+
+    ``timeout`` bounds the whole call, retries included: each try gets what is
+    left of it (also as ``timeout_ms``). A call refused by a connection that
+    is going away goes to the next connection (it was never sent); a call
+    answered ``unavailable`` goes again at most :data:`UNAVAILABLE_RETRIES`
+    times. Either only if the client may reconnect.
+
+    Raises:
+        ValueError: ``timeout`` is not a positive number.
+    """
+
+    __slots__ = ("deadline", "method", "timeout", "tries", "unavailable")
+
+    def __init__(self, method: str, timeout: float | None, now: float) -> None:
+        timeout_options(timeout)  # a bad timeout is refused before anything else
+        self.method = method
+        self.timeout = timeout
+        self.deadline = math.inf if timeout is None else now + timeout
+        self.unavailable = 0
+        self.tries = 0
+
+    def remaining(self, now: float) -> float | None:
+        """The timeout of the next try (None: no timeout).
+
+        Raises:
+            DeadlineExceeded: the call's time is up.
+        """
+        self.tries += 1
+        if self.timeout is None:
+            return None
+        left = self.deadline - now
+        if left <= 0:
+            raise self.expired()
+        # A first try made at once is sent the timeout as given (50 ms, not 49.99).
+        return self.timeout if self.tries == 1 and self.timeout - left < 0.001 else left
+
+    def expired(self) -> DeadlineExceeded:
+        assert self.timeout is not None
+        return local_deadline(self.method, self.timeout)
+
+    def again(self, exc: Exception, reconnect: bool) -> bool:
+        """After ``exc`` from one try: whether the call goes again on another connection."""
+        if not reconnect:
+            return False
+        if isinstance(exc, GoingAway):
+            return True
+        if isinstance(exc, Unavailable) and self.unavailable < UNAVAILABLE_RETRIES:
+            self.unavailable += 1
+            return True
+        return False
+
+
 def timeout_options(timeout: float | None) -> dict[str, Any] | None:
     """The request options carrying ``timeout`` (seconds) as ``timeout_ms``.
 
@@ -155,9 +278,16 @@ class ClientCore(Generic[W]):
         error: set once the connection is finished (EOF, or bad input).
     """
 
-    def __init__(self, on_notification: NotificationHandler | None, max_frame: int) -> None:
+    def __init__(
+        self,
+        on_notification: NotificationHandler | None,
+        max_frame: int,
+        version: int = wire.PROTOCOL_VERSION,
+    ) -> None:
         # A reply longer than max_frame fails its call alone (see receive).
-        self.conn = wire.Connection(wire.Role.CLIENT, max_frame=max_frame, skip_oversized=True)
+        self.conn = wire.Connection(
+            wire.Role.CLIENT, max_frame=max_frame, version=version, skip_oversized=True
+        )
         self.max_frame = max_frame
         self.pack = wire.make_packer()
         self.on_notification = on_notification
@@ -167,6 +297,10 @@ class ClientCore(Generic[W]):
         self.next_msgid = 1
         self.error: ConnectionClosed | None = None
         self.notifications: list[wire.Notification] = []
+        #: ``(reason, grace_ms)`` once the server said goaway (version 2).
+        self.goaway: tuple[str, int] | None = None
+        #: Set once the transport half-closed (after a goaway): nothing more is sent.
+        self.half_closed = False
         self._head = b""
         self._last_notice = ""
 
@@ -207,6 +341,8 @@ class ClientCore(Generic[W]):
             if type(max_frame) is int and max_frame > 0:
                 self.server_max_frame = max_frame
             return True
+        if self.conn.version > 1 and _notice_code(event) == wire.ErrorCode.UNSUPPORTED_VERSION:
+            raise VersionRefused(f"the server refused protocol version {self.conn.version}")
         raise ConnectionClosed(f"expected the server's hello, got {_describe(event)}")
 
     # -- sending -------------------------------------------------------------------------
@@ -218,11 +354,12 @@ class ClientCore(Generic[W]):
 
         Raises:
             ConnectionClosed: the connection is finished.
+            GoingAway: the server said goaway (a ConnectionClosed; nothing registered).
             FrameTooLarge: the request exceeds the server's ``max_frame`` (not registered).
             ValueError: a bad ``timeout``.
             TypeError: a parameter cannot be encoded as msgpack.
         """
-        self.check_open()
+        self.check_usable()
         options = timeout_options(timeout)
         msgid = self._allocate_msgid()
         data = wire.encode_request(msgid, method, params, options, pack=self.pack)
@@ -235,9 +372,10 @@ class ClientCore(Generic[W]):
 
         Raises:
             ConnectionClosed: the connection is finished.
+            GoingAway: the server said goaway (a ConnectionClosed).
             FrameTooLarge: it exceeds the server's ``max_frame``.
         """
-        self.check_open()
+        self.check_usable()
         data = wire.encode_notification(method, params, pack=self.pack)
         self._check_size(data)
         return data
@@ -245,12 +383,14 @@ class ClientCore(Generic[W]):
     def abandon(self, msgid: int, waiter: W) -> bytes | None:
         """The caller of ``msgid`` gave up: keep the msgid reserved, return the cancel to send.
 
-        Returns None if the reply already arrived or the connection is finished.
+        Returns None if the reply already arrived, or nothing can be sent any more.
         """
         if self.pending.get(msgid) is not waiter:
             return None
         self.pending[msgid] = None
-        return None if self.error is not None else wire.encode_cancel(msgid, pack=self.pack)
+        if self.error is not None or self.half_closed:
+            return None
+        return wire.encode_cancel(msgid, pack=self.pack)
 
     def close(self) -> tuple[list[tuple[W, ConnectionClosed]], bytes]:
         """Give up every waiting call, as the client closes; their msgids stay reserved.
@@ -264,13 +404,31 @@ class ClientCore(Generic[W]):
         live = [(m, w) for m, w in self.pending.items() if w is not None]
         for msgid, _ in live:
             self.pending[msgid] = None
-        cancels = b"".join(wire.encode_cancel(m, pack=self.pack) for m, _ in live)
+        cancels = b""
+        if not self.half_closed:
+            cancels = b"".join(wire.encode_cancel(m, pack=self.pack) for m, _ in live)
         return [(w, closed_by_us()) for _, w in live], cancels
 
     def check_open(self) -> None:
         """Raises: ConnectionClosed: the connection is finished."""
         if self.error is not None:
             raise fresh(self.error)
+
+    def check_usable(self) -> None:
+        """Raises: ConnectionClosed: finished; GoingAway: the server said goaway."""
+        self.check_open()
+        if self.goaway is not None:
+            reason, grace_ms = self.goaway
+            raise GoingAway(f"the server is going away ({reason}, {grace_ms} ms of grace)")
+
+    @property
+    def usable(self) -> bool:
+        """Open, and not going away: a new call may use it."""
+        return self.error is None and self.goaway is None
+
+    def has_live_calls(self) -> bool:
+        """Some call still waits for its reply here (abandoned ones aside)."""
+        return any(w is not None for w in self.pending.values())
 
     def _check_size(self, data: bytes) -> None:
         size = len(data) - wire.HEADER_SIZE
@@ -334,6 +492,14 @@ class ClientCore(Generic[W]):
             elif isinstance(event, wire.Notification):
                 if event.method == "error":
                     self._last_notice = f" after an error notice: {_describe(event)}"
+                elif event.method == "goaway" and conn.version >= 2:
+                    # Handled here, never shown to the callback (protocol.md §11.4).
+                    goaway = wire.parse_goaway(event)
+                    if goaway is None:
+                        self.error = ConnectionClosed(f"malformed goaway from the server: {event}")
+                        return replies
+                    self.goaway = self.goaway or goaway
+                    continue
                 if event.method != "hello":
                     self.notifications.append(event)
             else:
@@ -417,6 +583,40 @@ class ClientBase(Generic[W]):
         """The sans-IO :class:`ClientCore` this client drives, to inspect in tests and
         while debugging (``pending``, ``next_msgid``); the transport alone feeds it."""
         return self._core
+
+
+class ClientFront(Generic[W]):
+    """What both clients expose of the connection they use now (they replace it
+    after a goaway or a loss)."""
+
+    _current: ClientBase[W]
+    _closed: bool
+    _reconnect: bool
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """The current connection's hello map: ``protocol``, ``server``, ``max_frame`` ..."""
+        return self._current.server_info
+
+    @property
+    def closed(self) -> bool:
+        """True once closed by us; without ``reconnect``, also once the connection was lost."""
+        return self._closed or (not self._reconnect and self._current.closed)
+
+    @property
+    def core(self) -> ClientCore[W]:
+        """The current connection's sans-IO :class:`ClientCore`, to inspect in tests
+        and while debugging (``pending``, ``next_msgid``)."""
+        return self._current.core
+
+
+def _notice_code(event: object) -> str | None:
+    """The code of an error notice, else None."""
+    if isinstance(event, wire.Notification) and event.method == "error" and event.params:
+        err = event.params[0]
+        if isinstance(err, dict) and isinstance(err.get("code"), str):
+            return str(err["code"])
+    return None
 
 
 def _describe(event: object) -> str:

@@ -398,6 +398,13 @@ class Server:
             )
             self._reject_logged_at = now
             self._rejects_unlogged = 0
+        try:
+            await self._tell_overloaded(stream)
+        finally:
+            await trio.aclose_forcefully(stream)  # also when cancelled: never leak the socket
+
+    async def _tell_overloaded(self, stream: trio.abc.Stream) -> None:
+        """Send the overloaded notice to a framed client whose preamble comes within 1 s."""
         with trio.move_on_after(REJECT_SNIFF_S):
             prefix = b""
             try:
@@ -423,7 +430,6 @@ class Server:
                     )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await trio.aclose_forcefully(stream)
 
     async def _drain(self) -> None:
         self._draining = True
