@@ -60,3 +60,16 @@ def test_testing_your_service(tmp_path: Path) -> None:
     done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
+
+
+def test_a_shared_client_fixture_in_trio_mode(tmp_path: Path) -> None:
+    """The conftest.py fixture example runs as written, with trio_mode on."""
+    (tmp_path / "mymodule.py").write_text(block_after("# mymodule.py"))
+    both = block_after("# conftest.py")
+    conftest, test = both.split("# test_more.py (with trio_mode = true)\n")
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_more.py").write_text(test)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
+    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
