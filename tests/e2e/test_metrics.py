@@ -197,3 +197,32 @@ def test_workers_one_scrape_sums_every_worker() -> None:
         assert value(later, ok, method="echo", code="ok") == calls
         assert value(later, ok, method="stats", code="ok") >= calls
         assert srv.stop() == 0
+
+
+def test_goaways_and_unavailable_answers_are_counted() -> None:
+    """--max-connection-age retires connections: trio_echo_goaways_total{reason} agrees
+    with stats(), and requests answered unavailable are counted under their code."""
+    with ServerProcess("--metrics-port", "0", "--max-connection-age", "0.2") as srv:
+        mport = metrics_port(srv)
+        with trio_echo.connect("127.0.0.1", srv.port) as client:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                assert client.call("echo", 1) == 1
+            peer = SyncPeer(srv.port)  # a version 1 peer: no goaway comes to it
+            try:
+                assert isinstance(peer.next_event(), wire.Notification)  # its hello
+                stats = peer.call(1, "stats").result  # type: ignore[union-attr]
+            finally:
+                peer.close()
+        after = scrape(mport)
+        assert stats["goaways"].get("max_age", 0) >= 2
+        assert (
+            value(after, "trio_echo_goaways_total", reason="max_age") >= stats["goaways"]["max_age"]
+        )
+        unavailable = sum(
+            v
+            for (name, labels), v in after.items()
+            if name == "trio_echo_requests_total" and dict(labels)["code"] == "unavailable"
+        )
+        assert unavailable >= stats["errors"].get("unavailable", 0)
+        assert srv.stop() == 0

@@ -241,6 +241,13 @@ class ServerConfig:
         SECONDS,
         "on shutdown, how long to wait for requests in flight before cancelling them",
     )
+    max_connection_age: float = setting(
+        0.0,
+        SECONDS,
+        "send goaway to a protocol version 2 connection this old (give or take a tenth, "
+        "drawn per connection) and close it --grace later, so that long-lived clients "
+        "reconnect and spread over servers added since (0 = never)",
+    )
     workers: int = setting(
         1,
         COUNT_OR_ZERO,

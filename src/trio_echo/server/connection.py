@@ -92,6 +92,13 @@ class ClientConnection:
         if self.in_read:
             self.read_scope.cancel()
 
+    def drain(self, grace_ms: int) -> None:
+        """The server is shutting down: a version 2 session gets ``goaway`` and reads
+        on until the client's EOF; any other connection stops reading."""
+        session = self.session
+        if session is None or not session.goaway(wire.GoawayReason.SHUTDOWN, grace_ms):
+            self.stop_reading()
+
     def close_idle(self) -> None:
         self.whole_scope.cancel()
 

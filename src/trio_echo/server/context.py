@@ -44,10 +44,13 @@ class ServerContext:
         "debug",
         "decoding",
         "errors",
+        "goaways",
+        "grace",
         "hellos",
         "inline_methods",
         "limiter",
         "max_buffered_bytes",
+        "max_connection_age",
         "max_containers",
         "max_frame",
         "max_inflight",
@@ -95,6 +98,8 @@ class ServerContext:
         self.max_containers = config.max_containers
         self.max_buffered_bytes = config.max_buffered_bytes
         self.write_timeout = config.write_timeout
+        self.max_connection_age = config.max_connection_age
+        self.grace = config.grace
         self.proxy_protocol = config.proxy_protocol
         self.debug = config.debug
         self.pack = wire.make_packer()
@@ -111,6 +116,8 @@ class ServerContext:
         self.buffered_bytes = 0
         self.write_timeouts = 0
         self.proxy_rejected = 0
+        #: goaway notifications sent, by reason (protocol version 2).
+        self.goaways: dict[str, int] = {}
         #: Per-method counters (see .metrics) when metrics are on, else None.
         self.metrics: dict[str, MethodMetrics] | None = None
         self._warned_at: dict[str, float] = {}

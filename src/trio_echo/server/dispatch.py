@@ -64,10 +64,12 @@ class Dispatcher:
     cancelled_early: set[int]
     logged_violation: bool
     closing: bool
+    going_away: wire.GoawayReason | None
 
     if TYPE_CHECKING:
         # Provided by the other parts of Session.
         def _enqueue(self, data: bytes) -> None: ...
+        def _refuse(self, items: list[Any]) -> int: ...
 
     def _process(self, items: list[Any]) -> int:
         """Handle decoded messages in order (the hot path); return how many were handled.
@@ -75,6 +77,8 @@ class Dispatcher:
         Stops early at a request or notification that would run past
         ``max_inflight``; the caller keeps the rest for later.
         """
+        if self.going_away is not None:  # protocol v2: nothing new starts (see .goaway)
+            return self._refuse(items)
         ctx = self.ctx
         # While the server is at max_requests, requests take the slow path
         # (which answers them `overloaded`, monitoring excepted).

@@ -138,6 +138,7 @@ def snapshot(server: MetricsSource) -> dict[str, Any]:
         "connections_open": stats["connections_open"],
         "requests_in_flight": stats["requests_in_flight"],
         "errors": stats["errors"],
+        "goaways": stats["goaways"],
         "methods": {name: m.as_dict() for name, m in methods.items()},
     }
 
@@ -149,12 +150,14 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "connections_open": 0,
         "requests_in_flight": 0,
         "errors": {},
+        "goaways": {},
         "methods": {},
     }
     for snap in snapshots:
         for key in (*COUNTERS, "connections_open", "requests_in_flight"):
             total[key] += snap.get(key, 0)
         _add_counts(total["errors"], snap.get("errors", {}))
+        _add_counts(total["goaways"], snap.get("goaways", {}))
         for name, m in snap.get("methods", {}).items():
             into = total["methods"].setdefault(name, MethodMetrics().as_dict())
             _add_counts(into["codes"], m["codes"])
@@ -221,6 +224,14 @@ class TrioEchoCollector:
         yield CounterMetricFamily(
             "trio_echo_sent_bytes_total", "Bytes sent.", value=snap["bytes_out"]
         )
+        goaways = CounterMetricFamily(
+            "trio_echo_goaways_total",
+            "goaway notifications sent to protocol version 2 clients, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(snap.get("goaways", {}).items()):
+            goaways.add_metric([reason], n)
+        yield goaways
         requests = CounterMetricFamily(
             "trio_echo_requests_total",
             "Requests answered, by method and code (ok or the error code).",

@@ -250,6 +250,7 @@ class Server:
             "bytes_out": ctx.bytes_out,
             "buffered_bytes": ctx.buffered_bytes,
             "write_timeouts": ctx.write_timeouts,
+            "goaways": dict(ctx.goaways),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "pid": os.getpid(),
             "server": self.hello["server"],
@@ -434,8 +435,11 @@ class Server:
     async def _drain(self) -> None:
         self._draining = True
         log.info("shutting down: draining %d connection(s)", len(self._conns))
+        grace_ms = int(self.grace * 1000)
         for conn in list(self._conns):
-            conn.stop_reading()
+            # Version 2 connections get a goaway and drain while reading on
+            # (protocol.md §11); the others stop reading, as they always have.
+            conn.drain(grace_ms)
         if self._conns:
             with trio.move_on_after(self.grace) as scope:
                 await self._all_closed.wait()

@@ -49,6 +49,7 @@ from ..wire import ErrorCode
 from . import sockio as _sockio
 from .calls import Call, CallRunner
 from .dispatch import Dispatcher
+from .goaway import Goaway
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -72,12 +73,13 @@ _CANCEL: Final = wire.MessageType.CANCEL.value
 _LARGE: Final = wire.LargeMessage
 
 
-class Session(Dispatcher, CallRunner, Outbox):
+class Session(Dispatcher, CallRunner, Outbox, Goaway):
     """The framed / msgpack-rpc message session of one connection (see the module doc).
 
     Its parts live in their own modules: :class:`~.dispatch.Dispatcher` (the
-    hot path and starting calls), :class:`~.calls.CallRunner` (the worker pool)
-    and :class:`~.outbox.Outbox` (sending replies); this class owns their state,
+    hot path and starting calls), :class:`~.calls.CallRunner` (the worker pool),
+    :class:`~.outbox.Outbox` (sending replies) and :class:`~.goaway.Goaway`
+    (draining a version 2 session); this class owns their state,
     the read loop and what a connection holds (the backlog, the budgets).
     """
 
@@ -129,6 +131,10 @@ class Session(Dispatcher, CallRunner, Outbox):
         self.nursery: trio.Nursery | None = None
         self.logged_violation = False
         self.closing = False
+        # Protocol version 2: why goaway was sent, once it was (see .goaway).
+        self.going_away: wire.GoawayReason | None = None
+        # Covers --max-connection-age's timer, which must not outlive the session.
+        self.age_scope = trio.CancelScope()
         self.fd = _sockio.socket_fd(self.stream)
         self.receive = _sockio.receiver(self.stream)
 
@@ -162,6 +168,8 @@ class Session(Dispatcher, CallRunner, Outbox):
             if self.framed:
                 hello = ctx.hellos[self.state.version]
                 self._enqueue(wire.encode_notification("hello", [hello], pack=ctx.pack))
+                if self.state.version >= 2 and ctx.max_connection_age > 0:
+                    nursery.start_soon(self._run_age_timer)
             items = self.decoder.feed(initial)
             done = self._process(items)
             if done < len(items):
@@ -175,8 +183,13 @@ class Session(Dispatcher, CallRunner, Outbox):
                 await self._wait_for_room()
             self.workers_done = True
             self.wake.unpark_all()
+            self.age_scope.cancel()
         if self.outbox:
             await self._flush()
+
+    async def _run_age_timer(self) -> None:
+        with self.age_scope:
+            await self._age_out(self.ctx.max_connection_age, self.ctx.grace)
 
     async def _lead(self) -> None:
         """Hold the reader role: read, answer quick requests, run queued calls.
@@ -267,7 +280,7 @@ class Session(Dispatcher, CallRunner, Outbox):
                     return True  # EOF or shutdown: answer what is in flight, then close
                 await self._wait_for_room()  # requests already read are answered too
                 continue
-            if self.active >= max_inflight:
+            if self.active >= max_inflight and self.going_away is None:
                 await self._listen_while_full()
                 continue
             state.in_read = True
@@ -355,7 +368,12 @@ class Session(Dispatcher, CallRunner, Outbox):
                 self._dispatch(data)  # the fatal violation that ended the input
                 break
             kind = wire.peek_type(data)
-            if kind != _CANCEL and kind != _RESPONSE and self.active >= ctx.max_inflight:
+            if (
+                kind != _CANCEL
+                and kind != _RESPONSE
+                and self.active >= ctx.max_inflight
+                and self.going_away is None  # after a goaway nothing starts: no room needed
+            ):
                 break  # a request or notification (or what may be one): no room yet
             backlog.popleft()
             self.backlog_bytes -= len(data)
