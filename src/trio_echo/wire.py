@@ -15,7 +15,10 @@ blocking client and the benchmark all drive these pieces:
 * The ``encode_*`` functions build the bytes of each message.
 * Versions (§10, §11): a framed connection's version is its preamble's 8th
   byte. :data:`PROTOCOL_VERSIONS` lists those spoken; version 2 adds the
-  ``goaway`` notification and the ``unavailable`` error code to version 1.
+  ``goaway`` notification, the ``unavailable`` error code and streams (§12:
+  the ``items``, ``credit`` and ``end`` messages, :func:`stream_options`) to
+  version 1. :func:`parse_message` takes the connection's version: on
+  version 1 the stream messages are unknown message types, as they always were.
 * :class:`Connection` bundles all of this for a client (or a test peer) in the
   style of h11: ``send(event) -> bytes``, ``receive_data(bytes)``,
   ``next_event()``.
@@ -45,19 +48,24 @@ __all__ = [
     "LARGE_MESSAGE",
     "LATEST_VERSION",
     "MAGIC",
+    "MAX_CREDIT",
     "MAX_MSGID",
     "NEED_DATA",
     "PREAMBLE",
     "PREAMBLE_V2",
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSIONS",
+    "STREAM_VERSION",
     "Cancel",
     "Connection",
+    "Credit",
+    "End",
     "ErrorCode",
     "ErrorResponse",
     "Event",
     "FrameDecoder",
     "GoawayReason",
+    "Items",
     "LargeMessage",
     "MessageType",
     "Mode",
@@ -69,17 +77,23 @@ __all__ = [
     "Role",
     "SlicedDecoder",
     "StreamDecoder",
+    "StreamKind",
+    "StreamMessage",
     "bounded",
     "check_preamble",
     "decode_message",
     "encode_cancel",
+    "encode_credit",
+    "encode_end",
     "encode_error",
     "encode_goaway",
+    "encode_items",
     "encode_notification",
     "encode_request",
     "encode_response",
     "error_map",
     "frame",
+    "items_head",
     "make_packer",
     "packb",
     "parse_goaway",
@@ -90,6 +104,7 @@ __all__ = [
     "preamble_version",
     "quote",
     "sniff_mode",
+    "stream_options",
     "timeout_of",
     "unpackb",
 ]
@@ -124,6 +139,10 @@ DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT: Final = 128
 #: msgids are unsigned 32-bit integers.
 MAX_MSGID: Final = 2**32 - 1
+#: The most credit a stream may have outstanding, and the largest grant (§12).
+MAX_CREDIT: Final = 2**31 - 1
+#: The first protocol version with streams (§12).
+STREAM_VERSION: Final = 2
 
 
 class Mode(enum.Enum):
@@ -144,6 +163,23 @@ class MessageType(enum.IntEnum):
     RESPONSE = 1
     NOTIFICATION = 2
     CANCEL = 3
+    #: Version 2 only (§12): ``[4, msgid, [item, ...]]``.
+    ITEMS = 4
+    #: Version 2 only (§12): ``[5, msgid, n]``.
+    CREDIT = 5
+    #: Version 2 only (§12): ``[6, msgid, nil | error]``.
+    END = 6
+
+
+class StreamKind(enum.StrEnum):
+    """The ``"stream"`` option of a streaming call (§12): who sends items."""
+
+    #: The server sends many items (an async generator on the server).
+    SERVER = "server"
+    #: The client sends many items; the handler returns one result.
+    CLIENT = "client"
+    #: Both send items.
+    BIDI = "bidi"
 
 
 class ErrorCode(enum.StrEnum):
@@ -244,22 +280,66 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Items:
+    """``[4, msgid, [item, ...]]`` (version 2, §12): items of a stream, one credit each."""
+
+    msgid: int
+    items: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """``[5, msgid, n]`` (version 2, §12): the receiver of items grants ``n`` more."""
+
+    msgid: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """``[6, msgid, error]`` (version 2, §12): the client sent its last item.
+
+    ``error`` is None for a clean end, else the ``{"code", "message"[, "data"]}``
+    map of why the client's producer failed.
+    """
+
+    msgid: int
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """The peer sent something invalid.
 
     Decoders put this in their output where the bad input was. ``msgid`` is
     set when the bad message's msgid could be read (the error is then answered
     as a response). ``fatal`` means the stream cannot be resynchronised and
-    the connection must close after the error is reported.
+    the connection must close after the error is reported. ``stream`` marks
+    a bad stream message (§12): ``msgid`` then names the stream it was for,
+    which ends with this error if it is running; it is never a new request.
     """
 
     code: ErrorCode
     message: str
     msgid: int | None = None
     fatal: bool = False
+    stream: bool = False
 
 
-Event = Request | Response | ErrorResponse | Notification | Cancel | ProtocolViolation
+#: The messages that belong to a running stream (§12).
+StreamMessage = Items | Credit | End
+
+Event = (
+    Request
+    | Response
+    | ErrorResponse
+    | Notification
+    | Cancel
+    | Items
+    | Credit
+    | End
+    | ProtocolViolation
+)
 
 
 # --- msgpack settings shared by every encoder and decoder -------------------------
@@ -1112,12 +1192,14 @@ def _valid_msgid(value: Any) -> bool:
     return type(value) is int and 0 <= value <= MAX_MSGID
 
 
-def parse_message(obj: Any) -> Event:
+def parse_message(obj: Any, version: int = PROTOCOL_VERSION) -> Event:
     """Validate one decoded msgpack object and return it as an event.
 
     Anything that is not a well-formed message becomes a non-fatal
     ``malformed`` :class:`ProtocolViolation`, carrying the msgid when one
     could be read so that the error can be answered as a response.
+    ``version`` is the connection's: the stream messages (types 4 to 6,
+    §12) exist from :data:`STREAM_VERSION` on, and are unknown types before.
     """
     if type(obj) is ProtocolViolation:
         return obj
@@ -1164,7 +1246,75 @@ def parse_message(obj: Any) -> Event:
         if n != 2 or not _valid_msgid(obj[1]):
             return ProtocolViolation(ErrorCode.MALFORMED, "a cancel is [3, msgid]")
         return Cancel(obj[1])
+    if version >= STREAM_VERSION and type(kind) is int and 4 <= kind <= 6:
+        return _parse_stream_message(obj)
     return ProtocolViolation(ErrorCode.MALFORMED, f"unknown message type {quote(kind)}")
+
+
+_STREAM_SHAPES: Final = {
+    MessageType.ITEMS: "items are [4, msgid, [item, ...]] with at least one item",
+    MessageType.CREDIT: f"a credit is [5, msgid, n] with n from 1 to {MAX_CREDIT}",
+    MessageType.END: 'an end is [6, msgid, nil] or [6, msgid, {"code": str, "message": str}]',
+}
+
+
+def _parse_stream_message(obj: list[Any]) -> Event:
+    """Types 4 to 6 (version 2, §12)."""
+    kind = obj[0]
+    msgid = obj[1] if _valid_msgid(obj[1]) else None
+    if len(obj) == 3 and msgid is not None:
+        value = obj[2]
+        if kind == MessageType.ITEMS:
+            if type(value) is list and value:
+                return Items(msgid, value)
+        elif kind == MessageType.CREDIT:
+            if type(value) is int and 1 <= value <= MAX_CREDIT:
+                return Credit(msgid, value)
+        elif value is None:
+            return End(msgid)
+        elif (
+            type(value) is dict
+            and type(value.get("code")) is str
+            and value["code"]
+            and type(value.get("message")) is str
+        ):
+            return End(msgid, value)
+    return ProtocolViolation(
+        ErrorCode.MALFORMED, _STREAM_SHAPES[MessageType(kind)], msgid, stream=True
+    )
+
+
+def stream_options(
+    options: dict[Any, Any] | None,
+) -> tuple[StreamKind, int | None] | ProtocolViolation | None:
+    """A request's ``"stream"`` and ``"credit"`` options (§12): ``(kind, credit)``.
+
+    None if the request is not a streaming call (no ``"stream"`` key).
+    ``credit`` is None when absent, which only a client stream may leave out.
+    Returns an ``invalid_params`` violation (without msgid) for an unknown
+    kind, or a missing or out-of-range credit.
+    """
+    if not options or "stream" not in options:
+        return None
+    kind = options["stream"]
+    if type(kind) is not str or kind not in _STREAM_KINDS:
+        return ProtocolViolation(
+            ErrorCode.INVALID_PARAMS,
+            f'stream must be "server", "client" or "bidi", not {quote(kind)}',
+        )
+    stream = StreamKind(kind)
+    credit = options.get("credit")
+    if credit is None and stream is StreamKind.CLIENT:
+        return stream, None
+    if type(credit) is not int or not 0 <= credit <= MAX_CREDIT:
+        return ProtocolViolation(
+            ErrorCode.INVALID_PARAMS,
+            f"a {kind} stream needs a credit from 0 to {MAX_CREDIT}, not {quote(credit)}",
+        )
+    return stream, credit
+
+
+_STREAM_KINDS: Final = frozenset(k.value for k in StreamKind)
 
 
 def timeout_of(options: dict[Any, Any] | None) -> float | ProtocolViolation | None:
@@ -1251,6 +1401,37 @@ def encode_notification(
 def encode_cancel(msgid: int, *, framed: bool = True, pack: Pack = packb) -> bytes:
     """The bytes of a cancel message."""
     return frame(pack([3, msgid]), framed)
+
+
+def encode_items(msgid: int, items: list[Any] | tuple[Any, ...], *, pack: Pack = packb) -> bytes:
+    """The version 2 ``items`` message, ``[4, msgid, [item, ...]]`` (§12)."""
+    if not items:
+        raise ValueError("an items message holds at least one item")
+    return frame(pack([4, msgid, list(items)]))
+
+
+def items_head(msgid: int, count: int, *, pack: Pack = packb) -> bytes:
+    """The first bytes of an ``items`` message whose ``count`` items, each already
+    packed, follow: a sender can pack items one by one as they come."""
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 2**16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return b"\x93\x04" + pack(msgid) + header
+
+
+def encode_credit(msgid: int, n: int, *, pack: Pack = packb) -> bytes:
+    """The version 2 ``credit`` message, ``[5, msgid, n]`` (§12)."""
+    if not 1 <= n <= MAX_CREDIT:
+        raise ValueError(f"a credit grant is 1 to {MAX_CREDIT}, not {n}")
+    return frame(pack([5, msgid, n]))
+
+
+def encode_end(msgid: int, error: dict[str, Any] | None = None, *, pack: Pack = packb) -> bytes:
+    """The version 2 ``end`` message, ``[6, msgid, nil | error]`` (§12)."""
+    return frame(pack([6, msgid, error]))
 
 
 def encode_goaway(reason: str, grace_ms: int, *, pack: Pack = packb) -> bytes:
@@ -1374,7 +1555,7 @@ class Connection:
             self._pos += 1
             if type(obj) is OversizedFrame:
                 return obj
-            return parse_message(obj)
+            return parse_message(obj, self.version if self.framed else PROTOCOL_VERSION)
         if self._eof:
             raise EOFError("the peer closed the connection")
         return NEED_DATA
@@ -1419,4 +1600,13 @@ class Connection:
             return encode_notification(event.method, event.params, framed=framed, pack=pack)
         if type(event) is Cancel:
             return encode_cancel(event.msgid, framed=framed, pack=pack)
+        if type(event) in (Items, Credit, End):
+            if not framed or self.version < STREAM_VERSION:
+                raise TypeError(f"{type(event).__name__} needs a version 2 framed connection")
+            if type(event) is Items:
+                return encode_items(event.msgid, event.items, pack=pack)
+            if type(event) is Credit:
+                return encode_credit(event.msgid, event.n, pack=pack)
+            assert type(event) is End
+            return encode_end(event.msgid, event.error, pack=pack)
         raise TypeError(f"cannot send {event!r}")

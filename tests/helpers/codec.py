@@ -6,7 +6,16 @@ from typing import Any
 
 import trio_echo
 from trio_echo import wire
-from trio_echo.wire import Cancel, ErrorResponse, Notification, Request, Response
+from trio_echo.wire import (
+    Cancel,
+    Credit,
+    End,
+    ErrorResponse,
+    Items,
+    Notification,
+    Request,
+    Response,
+)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -17,7 +26,7 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    if isinstance(a, (Request, Response, ErrorResponse, Notification, Cancel)):
+    if isinstance(a, (Request, Response, ErrorResponse, Notification, Cancel, Items, Credit, End)):
         return all(same(getattr(a, f), getattr(b, f)) for f in a.__slots__)
     return bool(a == b)
 
@@ -38,6 +47,13 @@ def encode(event: Any, framed: bool) -> bytes:
         return wire.encode_error(event.msgid, event.code, event.message, event.data, framed=framed)
     if type(event) is Cancel:
         return wire.encode_cancel(event.msgid, framed=framed)
+    if type(event) in (Items, Credit, End):
+        assert framed, "stream messages exist on framed connections only"
+        if type(event) is Items:
+            return wire.encode_items(event.msgid, event.items)
+        if type(event) is Credit:
+            return wire.encode_credit(event.msgid, event.n)
+        return wire.encode_end(event.msgid, event.error)
     assert type(event) is Notification
     if event.method == "error" and len(event.params) == 1 and type(event.params[0]) is dict:
         [err] = event.params

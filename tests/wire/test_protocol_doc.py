@@ -87,6 +87,14 @@ REQUIRED = {
     "hello-v2",
     "goaway",
     "unavailable-response",
+    "request-server-stream",
+    "items",
+    "credit",
+    "request-client-stream",
+    "go-ahead",
+    "end",
+    "end-error",
+    "request-bidi-stream",
 }
 
 
@@ -118,13 +126,15 @@ def test_valid_vector_decodes_to_its_documented_message(name: str) -> None:
     assert vector.has_decoded, f"{name} has no decoded block"
     [obj] = decode(vector)
     assert same(obj, vector.decoded)
-    event = wire.parse_message(obj)
+    version = _version(vector)
+    event = wire.parse_message(obj, version)
     assert type(event) is not ProtocolViolation, event
     framed = vector.kind == "frame"
     # Re-encoding gives the documented bytes, through the specific encoder,
     # through a Connection, and through plain msgpack.
     assert encode(event, framed) == vector.data
-    assert Connection(mode=Mode.FRAMED if framed else Mode.MPRPC).send(event) == vector.data
+    mode = Mode.FRAMED if framed else Mode.MPRPC
+    assert Connection(mode=mode, version=version).send(event) == vector.data
     body = wire.packb(vector.decoded)
     assert (wire.frame(body) if framed else body) == vector.data
 
@@ -147,7 +157,7 @@ def test_invalid_vector_gives_its_documented_error(name: str) -> None:
         items = decode(vector)
         if vector.has_decoded:
             assert same(items[0], vector.decoded)
-        verdicts = [wire.parse_message(item) for item in items]
+        verdicts = [wire.parse_message(item, _version(vector)) for item in items]
         # A non-fatal frame error leaves the connection usable.
         if not fatal:
             after = FrameDecoder()
@@ -158,6 +168,45 @@ def test_invalid_vector_gives_its_documented_error(name: str) -> None:
     for verdict in verdicts:
         assert type(verdict) is ProtocolViolation, verdict
         assert (verdict.code, verdict.fatal, verdict.msgid) == (code, fatal, msgid)
+        # A bad stream message names the stream it was for, never a new request.
+        assert verdict.stream == (_version(vector) >= wire.STREAM_VERSION and msgid is not None)
+
+
+def _version(vector: Vector) -> int:
+    return int(vector.attrs.get("version", wire.PROTOCOL_VERSION))
+
+
+STREAM_VECTORS = sorted(n for n, v in VECTORS.items() if _version(v) >= wire.STREAM_VERSION)
+
+
+@pytest.mark.parametrize("name", STREAM_VECTORS)
+def test_stream_messages_are_unknown_types_on_version_1(name: str) -> None:
+    [obj] = decode(VECTORS[name])
+    if obj[0] < wire.MessageType.ITEMS:
+        return  # a request or response with stream options: valid on both versions
+    verdict = wire.parse_message(obj, 1)
+    assert type(verdict) is ProtocolViolation
+    assert (verdict.code, verdict.msgid, verdict.stream) == (ErrorCode.MALFORMED, None, False)
+    assert "unknown message type" in verdict.message
+    with pytest.raises(TypeError):
+        Connection().send(wire.parse_message(obj, 2))
+
+
+def test_stream_request_vectors_carry_valid_stream_options() -> None:
+    kinds = {}
+    for name in ("request-server-stream", "request-client-stream", "request-bidi-stream"):
+        event = wire.parse_message(decode(VECTORS[name])[0], 2)
+        assert isinstance(event, wire.Request)
+        options = wire.stream_options(event.options)
+        assert isinstance(options, tuple), options
+        kinds[name] = options
+    assert kinds["request-server-stream"] == (wire.StreamKind.SERVER, 2)
+    assert kinds["request-client-stream"] == (wire.StreamKind.CLIENT, None)
+    assert kinds["request-bidi-stream"] == (wire.StreamKind.BIDI, 16)
+    # §12.1 names exactly the kinds the code knows.
+    table = re.search(r"^\| `stream` \|.*$", _section(12), re.MULTILINE)
+    assert table is not None
+    assert set(re.findall(r'`"([a-z]+)"`', table.group(0))) == {str(k) for k in wire.StreamKind}
 
 
 def test_preamble_vector() -> None:
