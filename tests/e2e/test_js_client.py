@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 from helpers import ROOT, Pki, server_thread
 
@@ -33,6 +34,8 @@ def test_js_client_against_a_live_server(pki: Pki) -> None:
             "TRIO_ECHO_TLS_PORT": str(tls_server.port),
             "TRIO_ECHO_TLS_CA": pki.ca_file,
             "TRIO_ECHO_TLS_CLIENT": pki.client_cert_file,
+            # clients/js/test/goaway_live.test.js starts a server of its own.
+            "TRIO_ECHO_PYTHON": sys.executable,
         }
         done = subprocess.run(
             [node, "--test"],
