@@ -161,7 +161,13 @@ async def spawn_reference(stream: LoopStream, framed: bool) -> None:
 
 
 def workload(
-    target: str, mode: str, method: str, per_read: int, reads: int, keep: bool = False
+    target: str,
+    mode: str,
+    method: str,
+    per_read: int,
+    reads: int,
+    keep: bool = False,
+    metrics: bool = False,
 ) -> LoopStream:
     """Serve ``reads`` reads of ``per_read`` requests with ``target``; return the stream."""
     framed = mode == "framed"
@@ -172,7 +178,7 @@ def workload(
         if target == "trio_echo":
             service = trio_echo.Service()
             service.method(aecho)
-            await trio_echo.Server(service).serve_stream(stream)
+            await trio_echo.Server(service, metrics=metrics).serve_stream(stream)
         elif target == "inline":
             await inline_reference(stream, framed)
         else:
@@ -188,6 +194,7 @@ def count(target: str, args: argparse.Namespace, reads: int) -> int:
         sys.executable, os.path.abspath(__file__), "--run", target,
         "--mode", args.mode, "--method", args.method,
         "--per-read", str(args.per_read), "--reads", str(reads),
+        *(["--metrics"] if args.metrics else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", result.stderr)
@@ -210,10 +217,15 @@ def main() -> None:
     parser.add_argument("--reference", choices=["inline", "spawn"], default="inline")
     parser.add_argument("--per-read", type=int, default=16)
     parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="trio_echo counts per-method metrics (--metrics-port)",
+    )
     parser.add_argument("--run", choices=["trio_echo", "inline", "spawn"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        workload(args.run, args.mode, args.method, args.per_read, args.reads)
+        workload(args.run, args.mode, args.method, args.per_read, args.reads, metrics=args.metrics)
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (apt-get install valgrind)")

@@ -19,6 +19,7 @@ import collections
 import contextvars
 import logging
 import math
+import time
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
@@ -76,7 +77,8 @@ class Call:
         self.context = contextvars.copy_context()
         #: The worker's cancel scope while the call runs, else None.
         self.scope: trio.CancelScope | None = None
-        #: When it was received (trio clock), set only when metrics time it.
+        #: When it was received (perf_counter, the start of its read's dispatch), set
+        #: only when metrics time it.
         self.received = 0.0
 
 
@@ -238,7 +240,7 @@ class CallRunner:
             except Exception as exc:
                 error = pack_failure(call.method, exc)
         if ctx.metrics is not None:
-            seconds = trio.current_time() - call.received
+            seconds = time.perf_counter() - call.received
             _metrics.count(
                 ctx.metrics, call.method.name, msgid, error[0] if error else "ok", seconds
             )

@@ -38,6 +38,7 @@ class ServerContext:
 
     __slots__ = (
         "_warned_at",
+        "batch_started",
         "buffered_bytes",
         "bytes_in",
         "bytes_out",
@@ -57,6 +58,7 @@ class ServerContext:
         "max_requests",
         "methods",
         "metrics",
+        "metrics_batch",
         "mode",
         "notifications_total",
         "pack",
@@ -120,6 +122,11 @@ class ServerContext:
         self.goaways: dict[str, int] = {}
         #: Per-method counters (see .metrics) when metrics are on, else None.
         self.metrics: dict[str, MethodMetrics] | None = None
+        #: The methods whose quick calls wait to be timed as a batch (see metrics.counted).
+        self.metrics_batch: list[MethodMetrics] = []
+        #: When the batch being dispatched started (perf_counter): calls it starts were
+        #: received then (one clock read per read, not per call).
+        self.batch_started = 0.0
         self._warned_at: dict[str, float] = {}
 
     def count_error(self, code: str) -> None:

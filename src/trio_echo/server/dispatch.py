@@ -127,7 +127,7 @@ class Dispatcher:
                         try:
                             body = pack([1, msgid, None, result])
                         except Exception as exc:
-                            body = self._unencodable(ctx.methods[name], msgid, exc)
+                            body = self._unencodable(ctx.methods[name], msgid, exc, True)
                     if framed:
                         append(len(body).to_bytes(4, "big"))
                     append(body)
@@ -170,11 +170,19 @@ class Dispatcher:
             _metrics.count(self.ctx.metrics, method.name, msgid, code)
         return self.ctx.pack([1, msgid, wire.error_map(code, message, data), None])
 
-    def _unencodable(self, method: Method, msgid: int, exc: Exception) -> bytes:
-        """The error response for a result msgpack cannot encode."""
+    def _unencodable(
+        self, method: Method, msgid: int, exc: Exception, counted: bool = False
+    ) -> bytes:
+        """The error response for a result msgpack cannot encode.
+
+        ``counted``: the fast path's metrics wrapper already counted the call as
+        a success (see metrics.counted); it is taken back.
+        """
         code, message, data = pack_failure(method, exc)
         self.ctx.count_error(code)
         if self.ctx.metrics is not None:
+            if counted:
+                self.ctx.metrics[method.name].batched -= 1
             _metrics.count(self.ctx.metrics, method.name, msgid, code)
         return self.ctx.pack([1, msgid, wire.error_map(code, message, data), None])
 
@@ -323,7 +331,7 @@ class Dispatcher:
             )
         call = Call(msgid, method, params, awaitable, deadline)
         if ctx.metrics is not None:
-            call.received = trio.current_time()
+            call.received = ctx.batch_started
         if msgid is not None:
             self.calls[msgid] = call
         self.active += 1

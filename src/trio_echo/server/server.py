@@ -35,7 +35,7 @@ from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
 from .connection import ClientConnection
 from .context import ServerContext
 from .listeners import open_tcp_listeners as open_listeners
-from .metrics import UNKNOWN_METHOD, MethodMetrics, timed
+from .metrics import UNKNOWN_METHOD, MethodMetrics, counted
 from .proxy import read_proxy_header
 from .service import Method, Service
 from .session import RECEIVE_SIZE
@@ -135,7 +135,8 @@ class Server:
             ctx = self.ctx
             ctx.metrics = {name: MethodMetrics() for name in [*self.methods, UNKNOWN_METHOD]}
             ctx.inline_methods = {
-                name: timed(fn, ctx.metrics[name]) for name, fn in ctx.inline_methods.items()
+                name: counted(fn, ctx.metrics[name], ctx.metrics_batch)
+                for name, fn in ctx.inline_methods.items()
             }
         # Counters (see stats()).
         self.started_at = time.monotonic()
