@@ -15,6 +15,7 @@ import trio_echo
 from trio_echo import Server
 
 from helpers import ServerProcess, server_thread, tcp_server
+from helpers.tls import Pki
 
 
 async def test_async_client_rides_max_connection_age() -> None:
@@ -127,3 +128,47 @@ def test_a_goaway_never_reaches_user_code_in_threads() -> None:
         for thread in threads:
             thread.join(60)
     assert errors == []
+
+
+async def test_over_tls_a_retired_connection_closes_after_its_last_reply(pki: Pki) -> None:
+    """TLS cannot be half-closed: the client closes the old connection once its calls are
+    answered instead, and calls still ride through every goaway."""
+    server = Server(ssl_context=pki.server_context(), max_connection_age=0.3, grace=5)
+    async with (
+        tcp_server(server) as (_, port),
+        trio_echo.open_client(
+            "127.0.0.1", port, ssl_context=pki.client_context(), server_hostname="localhost"
+        ) as client,
+    ):
+        deadline = trio.current_time() + 1.5
+
+        async def caller(task: int) -> None:
+            n = 0
+            while trio.current_time() < deadline:
+                assert await client.call("echo", [task, n]) == [task, n]
+                n += 1
+
+        async with trio.open_nursery() as nursery:
+            for task in range(4):
+                nursery.start_soon(caller, task)
+        stats = server.stats()
+        assert stats["goaways"].get("max_age", 0) >= 2
+        # Retired connections did not linger until their grace ran out.
+        assert stats["connections_open"] <= 2
+
+
+def test_blocking_client_over_tls_rides_goaways(pki: Pki) -> None:
+    with (
+        server_thread(ssl_context=pki.server_context(), max_connection_age=0.3, grace=5) as srv,
+        trio_echo.connect(
+            "127.0.0.1", srv.port, ssl_context=pki.client_context(), server_hostname="localhost"
+        ) as client,
+    ):
+        deadline = time.monotonic() + 1.5
+        n = 0
+        while time.monotonic() < deadline:
+            assert client.call("echo", n) == n
+            n += 1
+        stats = srv.run_sync(srv.server.stats)
+        assert stats["goaways"].get("max_age", 0) >= 2
+        assert stats["connections_open"] <= 2

@@ -188,17 +188,18 @@ class BlockingConnection(ClientBase[Future[Any]]):
         A TLS connection is not half-closed (a bare TCP FIN would cut the TLS
         stream): it closes with its last reply instead.
         """
+        if not isinstance(self._sock, socket.socket):
+            return
         with self._lock:
             core = self._core
             if core.goaway is None or self._unsent or core.half_closed or core.error is not None:
                 return
             core.half_closed = True  # no cancel is sent after this
-        if isinstance(self._sock, socket.socket):
-            with self._send_lock:
-                try:
-                    self._sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass  # already disconnected: the reader will see it
+        with self._send_lock:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # already disconnected: the reader will see it
 
     def _release(self) -> None:
         """Close the socket, once (by close(), or by the reader when the connection ended).
