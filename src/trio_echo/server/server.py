@@ -102,8 +102,8 @@ class Server:
             # The header comes in clear before the handshake; not supported (yet).
             raise ValueError("proxy_protocol cannot be combined with TLS (ssl_context)")
         self.config = config
-        # The settings the connections read, as plain attributes: the session's
-        # fast path reads some of them for every request.
+        # Settings the server itself reads, as attributes (as they have always
+        # been); connections read theirs from the context (self.ctx) instead.
         self.mode = config.pinned_mode
         self.max_frame = config.max_frame
         self.max_inflight = config.max_inflight
