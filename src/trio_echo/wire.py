@@ -55,6 +55,7 @@ __all__ = [
     "PREAMBLE_V2",
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSIONS",
+    "RECEIVE_SIZE",
     "STREAM_VERSION",
     "Cancel",
     "Connection",
@@ -137,6 +138,9 @@ _HEADER: Final = struct.Struct(">I")
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
 #: Default number of requests and notifications running at once per connection.
 DEFAULT_MAX_INFLIGHT: Final = 128
+#: Bytes a server or client asks of its transport per read (not part of the
+#: protocol: a good size for both ends of it).
+RECEIVE_SIZE: Final = 64 * 1024
 #: msgids are unsigned 32-bit integers.
 MAX_MSGID: Final = 2**32 - 1
 #: The most credit a stream may have outstanding, and the largest grant (§12).

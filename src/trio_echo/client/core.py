@@ -56,6 +56,7 @@ from ..errors import (
     Unavailable,
     remote_error,
 )
+from ..wire import RECEIVE_SIZE
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -84,8 +85,6 @@ __all__ = [
 #: A callback for server notifications other than ``hello``: ``(method, params)``.
 NotificationHandler = Callable[[str, list[Any]], None]
 
-#: Bytes asked of the transport per read.
-RECEIVE_SIZE: Final = 64 * 1024
 #: Default bound on one frame received from the server.
 DEFAULT_RECEIVE_MAX_FRAME: Final = 4 * wire.DEFAULT_MAX_FRAME
 #: Default bound on connecting plus waiting for the server's hello, in seconds.

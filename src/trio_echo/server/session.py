@@ -62,7 +62,7 @@ __all__ = ["FULL_READ_BUDGET", "RECEIVE_SIZE", "Session"]
 log = logging.getLogger("trio_echo")
 
 #: Bytes asked of the kernel per read.
-RECEIVE_SIZE: Final = 65536
+RECEIVE_SIZE: Final = wire.RECEIVE_SIZE
 #: At max_inflight a connection keeps reading (cancels, resets) until it holds this
 #: many bytes of undecoded requests and partial message; then TCP backpressure.
 FULL_READ_BUDGET: Final = 1024 * 1024
