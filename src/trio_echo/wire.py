@@ -219,6 +219,8 @@ class GoawayReason(enum.StrEnum):
     SHUTDOWN = "shutdown"
     #: The connection reached the server's ``--max-connection-age``.
     MAX_AGE = "max_age"
+    #: The connection was idle for the server's ``--idle-timeout``; it closes soon.
+    IDLE = "idle"
 
 
 class Role(enum.Enum):

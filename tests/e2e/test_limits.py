@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+import trio_echo
 from trio_echo import Server, wire
 from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
 
@@ -278,6 +279,31 @@ async def test_idle_timeout_closes_a_silent_connection_in_every_mode(mode: str) 
                 assert await peer.call(1, "ping") == Response(1, "pong")
                 assert await peer.expect_close() == []
         await eventually(lambda: quiet(server))
+
+
+async def test_an_idle_version_2_connection_is_told_goaway_idle_then_closed() -> None:
+    async with tcp_server(idle_timeout=IDLE_S) as (server, port):
+        stream = await connect(port)
+        async with stream:
+            await stream.send_all(wire.PREAMBLE_V2)
+            data = await read_to_eof(stream, timeout=10)
+        events = decode_all(data)
+        assert events[0] == Notification("hello", [server.hellos[2]])
+        assert events[1:] == [Notification("goaway", [{"reason": "idle", "grace_ms": 1000}])]
+        assert server.stats()["goaways"] == {"idle": 1}
+        await eventually(lambda: quiet(server))
+
+
+async def test_an_idle_close_is_invisible_to_a_version_2_client() -> None:
+    async with tcp_server(idle_timeout=IDLE_S) as (server, port):
+        client_cm = trio_echo.open_client("127.0.0.1", port)
+        async with client_cm as client:
+            assert client.server_info["protocol"] == 2
+            assert await client.call("echo", 1) == 1
+            await eventually(lambda: server.stats()["goaways"].get("idle") == 1)
+            # The client moved on: the next call goes on a new connection, no error.
+            assert await client.call("echo", 2) == 2
+            assert server.stats()["connections_total"] == 2
 
 
 async def test_idle_timeout_spares_a_request_in_flight_and_unsent_replies() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -18,9 +18,13 @@ from .session import RECEIVE_SIZE, Session
 if TYPE_CHECKING:
     from .context import ServerContext
 
-__all__ = ["ClientConnection"]
+__all__ = ["IDLE_GOAWAY_GRACE_S", "ClientConnection"]
 
 log = logging.getLogger("trio_echo")
+
+#: An idle version 2 connection is closed this long after its goaway("idle"), if
+#: the client has not closed it first (it should, once it has read the goaway).
+IDLE_GOAWAY_GRACE_S: Final = 1.0
 
 
 class ClientConnection:
@@ -30,6 +34,7 @@ class ClientConnection:
         "bytes_in",
         "bytes_out",
         "ctx",
+        "idle_goaway_at",
         "in_read",
         "last_active",
         "peer",
@@ -57,6 +62,8 @@ class ClientConnection:
         self.seen_bytes_out = 0
         self.stalled_since = 0.0
         self.sending_raw = False
+        # When an idle version 2 connection was told goaway("idle"), else None.
+        self.idle_goaway_at: float | None = None
         self.last_active = trio.current_time()
         self.session: Session | None = None
         self.raw = False
@@ -99,7 +106,21 @@ class ClientConnection:
         if session is None or not session.goaway(wire.GoawayReason.SHUTDOWN, grace_ms):
             self.stop_reading()
 
-    def close_idle(self) -> None:
+    def close_idle(self, now: float) -> None:
+        """Idle for idle_timeout: close; a version 2 client is told first (goaway "idle").
+
+        The goaway lets the client move its next call to a new connection
+        without seeing an error; the connection closes at the client's EOF, or
+        at the reaper's next look once IDLE_GOAWAY_GRACE_S has passed.
+        """
+        if self.idle_goaway_at is None:
+            session = self.session
+            grace_ms = int(IDLE_GOAWAY_GRACE_S * 1000)
+            if session is not None and session.goaway(wire.GoawayReason.IDLE, grace_ms):
+                self.idle_goaway_at = now
+                return
+        elif now - self.idle_goaway_at < IDLE_GOAWAY_GRACE_S:
+            return
         self.whole_scope.cancel()
 
     def trim(self) -> None:

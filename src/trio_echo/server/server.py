@@ -476,6 +476,9 @@ class Server:
                 else:
                     conn.seen_bytes_out = conn.bytes_out
                     conn.stalled_since = now
+                if conn.idle_goaway_at is not None:
+                    conn.close_idle(now)  # told to go away: closed once its grace is over
+                    continue
                 if conn.bytes_in != conn.seen_bytes_in or conn.busy():
                     conn.seen_bytes_in = conn.bytes_in
                     conn.last_active = now
@@ -483,7 +486,7 @@ class Server:
                 conn.trim()
                 if now - conn.last_active >= idle:
                     log.debug("closing idle connection %s", conn.peer, extra={"peer": conn.peer})
-                    conn.close_idle()
+                    conn.close_idle(now)
 
 
 async def serve(
