@@ -15,6 +15,23 @@ oversize   requests, then a frame header over ``max_frame``: every earlier reque
 raw        raw echo of random bytes
 ========== =========================================================================
 
+and the attacks of issue #10, each a connection of its own whose replies the
+ledger checks as strictly (the errors it must get, and nothing else):
+
+========== =========================================================================
+trickle    a long message of empty arrays sent whole but its last bytes, which then
+           trickle in: held as bytes until complete, then echoed
+amplify    requests with a huge bad ``timeout_ms``, replies left unread for a while:
+           each is answered ``invalid_params`` in under 1 KiB
+bomb       flat lists of 80,000 short strings (answered), then a message of more
+           arrays than ``max_containers``: ``frame_too_large``, then the close
+resetfull  ``max_inflight`` long sleeps and more waiting behind them, then a reset:
+           the server must free them all (or it will not settle at the end)
+statsflood hundreds of pipelined ``stats`` calls
+cancelfull ``max_inflight`` long sleeps and more behind them, then a cancel for each:
+           all answered ``cancelled`` at once, none runs its 50 s
+========== =========================================================================
+
 The ledger: every request sent on a connection that stayed up must get
 exactly one reply, with its msgid and the right result (or the one error its
 scenario expects). A reply for a msgid not in flight is a duplicate; a wrong
@@ -52,9 +69,14 @@ from trio_echo import wire
 
 HOST = "127.0.0.1"
 SCENARIOS = ["fast", "slow", "cancel", "timeout", "slowread", "abrupt", "oversize", "raw"]
-WEIGHTS = [6, 3, 2, 2, 1, 2, 1, 2]
+SCENARIOS += ["trickle", "amplify", "bomb", "resetfull", "statsflood", "cancelfull"]
+WEIGHTS = [6, 3, 2, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1]
 #: Server options when this script starts the server.
 SERVER_ARGS = ["--max-frame", "262144", "--max-inflight", "32", "--grace", "5"]
+#: What the scenarios assume of the server (the defaults above).
+MAX_FRAME = 262144
+MAX_INFLIGHT = 32
+MAX_CONTAINERS = 65536
 #: A connection that has sent everything waits at most this long for its replies.
 REPLY_WAIT_S = 30.0
 #: The whole run is stopped (and fails) this long after the load should have ended.
@@ -91,6 +113,8 @@ class Expect:
     result: Any = None
     errors: frozenset[str] = frozenset()
     result_ok: bool = True  # False: only an error is right
+    #: If set, a result is right when this says so (instead of being equal to ``result``).
+    check: Callable[[Any], bool] | None = None
 
 
 class Ledger:
@@ -120,7 +144,11 @@ class Ledger:
         expect = self.pending.pop(msgid)
         self.room.release()
         if isinstance(event, wire.Response):
-            if expect.result_ok and _same(event.result, expect.result):
+            if expect.check is not None:
+                right = expect.result_ok and expect.check(event.result)
+            else:
+                right = expect.result_ok and _same(event.result, expect.result)
+            if right:
                 tally.ok += 1
             else:
                 tally.mismatched += 1
@@ -162,11 +190,15 @@ class Client:
         self.eof = trio.Event()
         self.read_delay = 0.0
         self.read_size = 65536
+        self.received = 0  # bytes
+        self.first_read_delay = 0.0
 
     async def reader(self) -> None:
         try:
+            await trio.sleep(self.first_read_delay)
             while True:
                 data = await self.stream.receive_some(self.read_size)
+                self.received += len(data)
                 self.conn.receive_data(data)
                 for event in self.conn.events():
                     self._on_event(event)
@@ -193,10 +225,29 @@ class Client:
         self.ledger.answer(event)
 
     async def call(self, method: str, params: list[Any], expect: Expect, **options: Any) -> int:
+        return await self.send_call(method, params, expect, options or None)
+
+    async def send_call(
+        self,
+        method: str,
+        params: list[Any],
+        expect: Expect,
+        options: dict[str, Any] | None = None,
+        *,
+        trickle: int = 0,
+        delay: float = 0.0,
+    ) -> int:
+        """Send a request; with ``trickle``, its last that many bytes one piece at a time."""
         await self.ledger.room.acquire()
         msgid = self.ledger.new(expect)
-        request = wire.Request(msgid, method, params, options or None)
-        await self.stream.send_all(self.conn.send(request))
+        data = self.conn.send(wire.Request(msgid, method, params, options))
+        if not trickle:
+            await self.stream.send_all(data)
+            return msgid
+        await self.stream.send_all(data[:-trickle])
+        for i in range(len(data) - trickle, len(data), max(1, trickle // 8)):
+            await trio.sleep(delay)
+            await self.stream.send_all(data[i : i + max(1, trickle // 8)])
         return msgid
 
     async def cancel(self, msgid: int) -> None:
@@ -337,17 +388,24 @@ async def slowread(port: int, rng: random.Random, tally: Tally) -> None:
 
 
 async def abrupt(port: int, rng: random.Random, tally: Tally) -> None:
-    client = await open_client(port, rng, tally, 1000)
+    async def body(client: Client) -> None:
+        for _ in range(rng.randrange(1, 40)):
+            if rng.random() < 0.5:
+                await client.call("sleep", [rng.uniform(0, 1)], Expect(None))
+            else:
+                value = random_value(rng)
+                await client.call("echo", [value], Expect(value))
+        await trio.sleep(rng.uniform(0, 0.05))
+
+    await then_reset(await open_client(port, rng, tally, 1000), body)
+
+
+async def then_reset(client: Client, body: Callable[[Client], Awaitable[None]]) -> None:
+    """Run ``body``, then vanish with a TCP reset (the ledger abandons what is pending)."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.reader)
         try:
-            for _ in range(rng.randrange(1, 40)):
-                if rng.random() < 0.5:
-                    await client.call("sleep", [rng.uniform(0, 1)], Expect(None))
-                else:
-                    value = random_value(rng)
-                    await client.call("echo", [value], Expect(value))
-            await trio.sleep(rng.uniform(0, 0.05))
+            await body(client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         nursery.cancel_scope.cancel()
@@ -373,17 +431,23 @@ async def oversize(port: int, rng: random.Random, tally: Tally) -> None:
         else:  # a msgpack-rpc stream: a bin32 of more than max_frame, sent whole
             header = b"\x94\x00\x00\xa4echo\x91\xc6" + (max_frame + 1).to_bytes(4, "big")
             header += bytes(max_frame + 1)
-        try:
-            await client.stream.send_all(header)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        with trio.move_on_after(REPLY_WAIT_S):
-            await client.eof.wait()
-        if client.notices != ["frame_too_large"]:
-            tally.mismatched += 1
-            tally.note(f"oversize frame: notices {client.notices}")
-        client.ledger.close()
+        await end_with(client, header, tally, "oversize frame")
         nursery.cancel_scope.cancel()
+
+
+async def end_with(client: Client, fatal: bytes, tally: Tally, what: str) -> None:
+    """Send bytes that end the connection: every earlier request must be answered,
+    then ``frame_too_large``, then the close."""
+    try:
+        await client.stream.send_all(fatal)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    with trio.move_on_after(REPLY_WAIT_S):
+        await client.eof.wait()
+    if client.notices != ["frame_too_large"]:
+        tally.mismatched += 1
+        tally.note(f"{what}: notices {client.notices}")
+    client.ledger.close()
 
 
 async def raw(port: int, rng: random.Random, tally: Tally) -> None:
@@ -418,6 +482,110 @@ async def raw(port: int, rng: random.Random, tally: Tally) -> None:
         tally.note("raw echo differs from what was sent")
 
 
+# --- the attacks of issue #10 -----------------------------------------------------------------
+
+
+async def trickle(port: int, rng: random.Random, tally: Tally) -> None:
+    """A long message of 1-byte values, its end trickling in, among ordinary requests."""
+
+    async def body(client: Client) -> None:
+        for _ in range(rng.randrange(1, 4)):
+            value = [[]] * rng.randrange(20_000, 60_000)  # up to ~60 KB, ~3 MiB as objects
+            expect = Expect(value)
+            await client.send_call(
+                "echo", [value], expect, trickle=rng.randrange(8, 400), delay=0.02
+            )
+            await client.call("ping", [], Expect("pong"))
+
+    await run_pipeline(port, rng, tally, 64, body)
+
+
+async def amplify(port: int, rng: random.Random, tally: Tally) -> None:
+    """Bad ``timeout_ms`` values of ~100 KB; nothing read for a while; small replies."""
+    count = rng.randrange(3, 12)
+
+    def setup(client: Client) -> None:
+        client.first_read_delay = rng.uniform(0.2, 1.0)
+
+    async def body(client: Client) -> None:
+        bad = [False] * rng.randrange(50_000, 120_000)
+        for _ in range(count):
+            expect = Expect(None, frozenset({"invalid_params"}), result_ok=False)
+            await client.call("ping", [], expect, timeout_ms=bad)
+
+    client_box: list[Client] = []
+
+    def remember(client: Client) -> None:
+        setup(client)
+        client_box.append(client)
+
+    await run_pipeline(port, rng, tally, 64, body, remember)
+    # Every reply under 1 KiB: an error quotes at most ~100 characters of the request.
+    if client_box and client_box[0].received > count * 1024 + 512:
+        tally.mismatched += 1
+        tally.note(f"{count} bad timeout_ms replies took {client_box[0].received} bytes")
+
+
+async def bomb(port: int, rng: random.Random, tally: Tally) -> None:
+    """Flat lists of short strings (decoded a slice at a time), then a container bomb."""
+    client = await open_client(port, rng, tally, 1000)
+    async with client.stream, trio.open_nursery() as nursery:
+        nursery.start_soon(client.reader)
+        strings = ["ab"] * 80_000  # 240 KB: 80,000 objects in one message
+        for _ in range(rng.randrange(1, 4)):
+            await client.call("ping", [], Expect("pong"), x=strings)
+            value = random_value(rng)
+            await client.call("echo", [value], Expect(value))
+        over = [[]] * (MAX_CONTAINERS + rng.randrange(1, 5000))
+        request = wire.Request(client.ledger.next_id, "ping", [], {"x": over})
+        await end_with(client, client.conn.send(request), tally, "container bomb")
+        nursery.cancel_scope.cancel()
+
+
+async def resetfull(port: int, rng: random.Random, tally: Tally) -> None:
+    """A full connection (max_inflight sleeps of 60 s, more behind them) resets.
+
+    Only the server's reset detection frees these calls before the end of the
+    run: if it missed one, the final settle finds requests still in flight.
+    """
+
+    async def body(client: Client) -> None:
+        for _ in range(MAX_INFLIGHT + rng.randrange(0, 20)):
+            await client.call("sleep", [60], Expect(None))
+        await trio.sleep(rng.uniform(0.05, 0.5))
+
+    await then_reset(await open_client(port, rng, tally, 1000), body)
+
+
+def _is_stats(result: Any) -> bool:
+    return type(result) is dict and type(result.get("connections_open")) is int
+
+
+async def statsflood(port: int, rng: random.Random, tally: Tally) -> None:
+    async def body(client: Client) -> None:
+        for _ in range(rng.randrange(100, 600)):
+            await client.call("stats", [], Expect(check=_is_stats))
+
+    await run_pipeline(port, rng, tally, 1000, body)
+
+
+async def cancelfull(port: int, rng: random.Random, tally: Tally) -> None:
+    """Cancels reach a full connection: for calls running and for calls waiting."""
+
+    async def body(client: Client) -> None:
+        cancelled = Expect(None, frozenset({"cancelled"}), result_ok=False)
+        msgids = [
+            await client.call("sleep", [50], cancelled)
+            for _ in range(MAX_INFLIGHT + rng.randrange(1, 10))
+        ]
+        await trio.sleep(rng.uniform(0, 0.2))
+        rng.shuffle(msgids)
+        for msgid in msgids:
+            await client.cancel(msgid)
+
+    await run_pipeline(port, rng, tally, 1000, body)
+
+
 SCENARIO_FUNCS: dict[str, Scenario] = {
     "fast": fast,
     "slow": slow,
@@ -427,6 +595,12 @@ SCENARIO_FUNCS: dict[str, Scenario] = {
     "abrupt": abrupt,
     "oversize": oversize,
     "raw": raw,
+    "trickle": trickle,
+    "amplify": amplify,
+    "bomb": bomb,
+    "resetfull": resetfull,
+    "statsflood": statsflood,
+    "cancelfull": cancelfull,
 }
 
 
@@ -505,10 +679,14 @@ async def run(
 
     async def actor(index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
+        # Each actor's first scenario is one in turn, so every scenario runs at least
+        # once (with as many actors as scenarios); then they are drawn at random.
+        name = SCENARIOS[index % len(SCENARIOS)]
         while trio.current_time() < deadline:
-            name = running[index] = rng.choices(SCENARIOS, WEIGHTS)[0]
+            running[index] = name
             await SCENARIO_FUNCS[name](port, rng, tallies[name])
-        del running[index]
+            name = rng.choices(SCENARIOS, WEIGHTS)[0]
+        running.pop(index, None)
 
     # A hang is a failure, never a stuck run.
     with trio.move_on_after(duration + HANG_GUARD_S):

@@ -613,9 +613,8 @@ class SlicedDecoder:
         except msgpack.OutOfData:
             if end < len(data):
                 return False
-            self.result = ProtocolViolation(
-                ErrorCode.MALFORMED, "undecodable msgpack: incomplete input", peek_msgid(data)
-            )
+            # As decode_message words it (msgpack's unpackb says "Unpack failed: ...").
+            self.result = _undecodable(ValueError("Unpack failed: incomplete input"), data)
         except _TooManyContainers:
             self.result = _too_many(self.max_containers or 0)
         except Exception as exc:
@@ -694,6 +693,7 @@ class FrameDecoder:
 
     __slots__ = (
         "_buf",
+        "_count",
         "_last",
         "_need",
         "_skip",
@@ -729,8 +729,10 @@ class FrameDecoder:
         self.pending = 0
         #: Set after a fatal violation; the stream cannot be resynchronised.
         self.dead = False
-        # The buffer the last feed parsed, from a frame boundary (see rewind).
+        # The buffer the last feed parsed, from a frame boundary, and how many
+        # items that feed returned (see rewind).
         self._last: bytes | bytearray = b""
+        self._count = 0
 
     @property
     def buffered(self) -> int:
@@ -750,6 +752,7 @@ class FrameDecoder:
         return self._frames(data, False)
 
     def _frames(self, data: bytes | bytearray, decode: bool) -> list[Any]:
+        self._count = 0
         if self.dead:
             return []
         out: list[Any] = []
@@ -846,6 +849,7 @@ class FrameDecoder:
             self._account()
         else:
             self.pending = 0
+        self._count = len(out)
         return out
 
     def _account(self) -> None:
@@ -866,7 +870,10 @@ class FrameDecoder:
             off += HEADER_SIZE + unpack_header(buf, off)[0]
         out: list[Any] = []
         large = self.large if self.large is not None else self.max_frame
-        while len(buf) - off >= HEADER_SIZE:
+        # Only what the feed returned: frames after one whose body was fatal (too
+        # many containers) were never decoded, and must not be acted on.
+        left = self._count - used
+        while len(out) < left and len(buf) - off >= HEADER_SIZE:
             length = unpack_header(buf, off)[0]
             end = off + HEADER_SIZE + length
             if length > self.max_frame:
@@ -921,6 +928,7 @@ class StreamDecoder:
         "_fast",
         "_fast_read",
         "_fatal",
+        "_fatal_now",
         "_last",
         "_last_fast",
         "_last_raw",
@@ -947,7 +955,10 @@ class StreamDecoder:
         self.max_frame = max_frame
         self.max_containers = max_containers
         self.large = large
-        self._fast_read = min(self.FAST_READ, max_frame)
+        # A message decoded on the hot path lies within one read, and a message
+        # of n bytes holds at most n arrays and maps: reads longer than
+        # max_containers go the slow way, where containers are counted.
+        self._fast_read = min(self.FAST_READ, max_frame, max_containers or self.FAST_READ)
         # Decodes whole reads while no message is pending. It costs ~45 KB, so
         # it is made on first use and freed by release() when the stream is quiet.
         self._fast: msgpack.Unpacker | None = None
@@ -968,6 +979,8 @@ class StreamDecoder:
         self._last_fast = 0
         self._last_raw: list[bytes] = []
         self._fatal: ProtocolViolation | None = None
+        # The last feed ended with _fatal (see rewind).
+        self._fatal_now = False
 
     @property
     def buffered(self) -> int:
@@ -977,6 +990,7 @@ class StreamDecoder:
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every message they complete."""
         out: list[Any] = []
+        self._fatal_now = False
         if self.dead:
             return out
         if self._last_raw:
@@ -992,6 +1006,9 @@ class StreamDecoder:
             except Exception as exc:
                 if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
                     # A header announcing more than max_frame: refused on the header.
+                    # (The messages before it came from this read: see rewind.)
+                    self._last = data
+                    self._last_fast = len(out)
                     self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
                     return out
             else:
@@ -1018,6 +1035,7 @@ class StreamDecoder:
     def split(self, data: bytes | bytearray) -> list[Any]:
         """Like :meth:`feed`, but each complete message comes out as bytes, undecoded."""
         out: list[Any] = []
+        self._fatal_now = False
         if not self.dead:
             self._last, self._last_fast, self._last_raw = b"", 0, []
             self._scan(data, out, False)
@@ -1041,9 +1059,11 @@ class StreamDecoder:
         large = self.large
         for raw in self._last_raw[max(0, used - fast) :]:
             out.append(LargeMessage(raw) if large is not None and len(raw) > large else raw)
-        if self._fatal is not None:
+        # The fatal violation is the feed's last item: given back unless it was used.
+        if self._fatal_now and used <= fast + len(self._last_raw):
             out.append(self._fatal)
         self._last, self._last_fast, self._last_raw = b"", 0, []
+        self._fatal_now = False
         return out
 
     def _new_fast(self) -> msgpack.Unpacker:
@@ -1103,6 +1123,7 @@ class StreamDecoder:
                         continue
                     item = decode_message(raw, self.max_containers, stream=True)
                     if type(item) is ProtocolViolation and item.fatal:
+                        self._last_raw.pop()  # rewind gives back the violation, once
                         self._die(out, item.code, item.message)
                         return
                     out.append(item)
@@ -1146,6 +1167,7 @@ class StreamDecoder:
 
     def _die(self, out: list[Any], code: ErrorCode, message: str) -> None:
         self.dead = True
+        self._fatal_now = True
         self._fast = self._scanner = None
         self._tail = None
         self.pending = 0

@@ -23,6 +23,8 @@ def test_short_stress_run_loses_nothing() -> None:
     assert "lost 0, mismatched 0, duplicates 0" in out and out.rstrip().endswith("PASS")
     rows = dict(re.findall(r"^(\w+)\s+(\d+)\s", out, flags=re.MULTILINE))
     scenarios = ["fast", "slow", "cancel", "timeout", "slowread", "abrupt", "oversize", "raw"]
+    # The attacks of issue #10, among the legitimate load.
+    scenarios += ["trickle", "amplify", "bomb", "resetfull", "statsflood", "cancelfull"]
     assert all(int(rows[name]) > 0 for name in scenarios), rows  # every kind of load ran
     sent = int(re.search(r"^(\d+) requests in", out, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert sent > 5000

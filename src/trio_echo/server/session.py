@@ -179,6 +179,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             done = self._process(items)
             if done < len(items):
                 self._hold(self.decoder.rewind(done))
+            del items  # decoded objects must not outlive their read (see _read_loop)
             self._account()
             await self._lead()
             # This task may have handed reading to a worker (see _lead).
@@ -301,6 +302,10 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             done = process(items)
             if done < len(items):
                 self._hold(self.decoder.rewind(done))
+            # Drop the read's decoded objects before the next await: kept until the
+            # next read, a 60 KiB message of empty arrays holds ~4 MiB of objects for
+            # as long as its connection is idle or full (issue #10).
+            del items, data
             if self.held or self.decoder.pending:
                 self._account()
 
