@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -71,17 +72,32 @@ def settled(decoder: StreamDecoder, items: list[Any], other: StreamDecoder) -> l
 
 def same_stream_outcome(data: bytes, chunks: list[bytes], max_frame: int) -> None:
     """Fed whole or in ``chunks``, a stream decoder ends with the same items."""
-
-    def summary(items: list[Any]) -> list[Any]:
-        # Only the wording of a fatal violation may depend on the split.
-        return [(i.code, i.fatal) if type(i) is ProtocolViolation and i.fatal else i for i in items]
-
     whole, split = StreamDecoder(max_frame), StreamDecoder(max_frame)
     whole_items = whole.feed(data)
     split_items = feed_all(split, chunks)
     whole_items = settled(whole, whole_items, split)
     split_items = settled(split, split_items, whole)
-    assert summary(split_items) == summary(whole_items)
+    # Only the wording of a fatal violation may depend on the split, and its code in
+    # one case: a header announcing more than max_frame items is refused at once
+    # (frame_too_large) only in the read its message starts in; otherwise bytes that
+    # are not msgpack, after it, may end the stream first (malformed).
+    a, b = stream_summary(split_items), stream_summary(whole_items)
+    ends = {fatal_code(a[-1]), fatal_code(b[-1])} if a and b else set()
+    if ends != {ErrorCode.FRAME_TOO_LARGE, ErrorCode.MALFORMED} or a[:-1] != b[:-1]:
+        assert a == b
+
+
+def stream_summary(items: list[Any]) -> list[Any]:
+    return [FatalEnd(i.code) if type(i) is ProtocolViolation and i.fatal else i for i in items]
+
+
+@dataclass(frozen=True)
+class FatalEnd:
+    code: str
+
+
+def fatal_code(item: Any) -> str | None:
+    return item.code if type(item) is FatalEnd else None
 
 
 def decode_one(data: bytes, *, framed: bool) -> Any:
