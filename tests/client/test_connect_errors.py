@@ -87,9 +87,11 @@ def test_a_timeout_is_a_connect_failed_and_a_timeout_error(
     )
 
 
-# --- a connection the server closed for idleness (protocol v1) ------------------------------
+# --- a connection the server closed for idleness -------------------------------------------
 
-IDLE_HINT = "it may have closed an idle connection (trio-echo serve --idle-timeout"
+# On protocol v1 the client can only guess ("it may have closed an idle connection");
+# on v2 the server says goaway("idle") first. Either way the message names the setting.
+IDLE_HINT = "idle connection (trio-echo serve --idle-timeout"
 
 
 async def test_an_idle_close_says_so_on_the_next_call(autojump_clock: trio.abc.Clock) -> None:

@@ -266,7 +266,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
                         self._retire()
                     if not core.has_live_calls():
                         # Everything asked here is answered: done with it.
-                        self._fail(ConnectionClosed("closed after the server's goaway"))
+                        self._fail(core.closed_after_goaway())
                         return
                 data = await self._stream.receive_some(RECEIVE_SIZE)
         except Exception as exc:  # never into the nursery: see the module docstring

@@ -291,7 +291,7 @@ class BlockingConnection(ClientBase[Future[Any]]):
                     with lock:
                         done = not core.has_live_calls() and not self._unsent
                     if done:  # everything asked here is answered: done with it
-                        self._fail(ConnectionClosed("closed after the server's goaway"))
+                        self._fail(core.closed_after_goaway())
         except Exception as exc:  # OSError, or a bug: either way no call may hang
             self._fail(connection_lost(exc))
         if core.error is not None:

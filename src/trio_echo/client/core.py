@@ -159,6 +159,13 @@ def connect_timed_out(where: str, timeout: float | None) -> ConnectTimeout:
     )
 
 
+def _idle(reason: str) -> str:
+    """What to add to a goaway's error text when the reason is ``idle``."""
+    if reason != wire.GoawayReason.IDLE:
+        return ""
+    return ": it closes an idle connection (trio-echo serve --idle-timeout); connect again"
+
+
 class GoingAway(ConnectionClosed):
     """The server said ``goaway`` on this connection: it takes no new call.
 
@@ -418,7 +425,14 @@ class ClientCore(Generic[W]):
         self.check_open()
         if self.goaway is not None:
             reason, grace_ms = self.goaway
-            raise GoingAway(f"the server is going away ({reason}, {grace_ms} ms of grace)")
+            raise GoingAway(
+                f"the server is going away ({reason}, {grace_ms} ms of grace){_idle(reason)}"
+            )
+
+    def closed_after_goaway(self) -> ConnectionClosed:
+        """The error for what is left once a connection the server said goaway on is done."""
+        reason = self.goaway[0] if self.goaway is not None else "?"
+        return ConnectionClosed(f"closed after the server's goaway ({reason}){_idle(reason)}")
 
     @property
     def usable(self) -> bool:
