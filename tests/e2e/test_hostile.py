@@ -20,7 +20,7 @@ import pytest
 from trio_echo import Server, wire
 from trio_echo.wire import ErrorCode, ErrorResponse, Notification, Response
 
-from helpers import ServerProcess
+from helpers import ServerProcess, error_code
 from helpers.hostile import (
     Peers,
     Pinger,
@@ -199,6 +199,7 @@ class Case(NamedTuple):
     code: str
     msgid: int | None  # the msgid its error response answers, or None for a notice
     first: tuple[bytes, ...] = ()  # messages sent before it
+    raw: bool = False  # ``message`` is sent as it is, not as a frame's body
 
 
 #: Each path of the server that builds an error message, fed what repr() blows up most.
@@ -251,6 +252,13 @@ ERROR_CASES = [
         1,
     ),
     Case("timeout", request_body(0, 1, "sleep", [5], {"timeout_ms": 1}), "timeout", 1),
+    Case(
+        "cancelled",
+        request_body(3, 1),
+        "cancelled",
+        1,
+        first=(request_body(0, 1, "sleep", [30]),),
+    ),
 ]
 #: Only a frame can hold two msgpack objects (on a stream they are two messages).
 FRAMED_ONLY_CASES = [
@@ -259,6 +267,21 @@ FRAMED_ONLY_CASES = [
         request_body(0, 1, "echo", []) + wire.packb(FALSES),
         "malformed",
         1,
+    ),
+    Case(
+        "a frame header over max_frame",
+        (wire.DEFAULT_MAX_FRAME + 1).to_bytes(4, "big"),
+        "frame_too_large",
+        None,
+        raw=True,
+    ),
+]
+STREAM_ONLY_CASES = [
+    Case(
+        "an array header announcing more items than max_frame bytes hold",
+        STREAM_HEAD + (4_200_000).to_bytes(4, "big"),
+        "frame_too_large",
+        None,
     ),
 ]
 
@@ -271,7 +294,7 @@ def error_reply(connect: Peers, port: int, framed: bool, case: Case) -> tuple[in
             peer.call(9, "ping")  # a stream is sniffed by its first byte
         for data in case.first:
             peer.send(wire.frame(data) if framed else data)
-        request = wire.frame(case.message) if framed else case.message
+        request = wire.frame(case.message) if framed and not case.raw else case.message
         peer.send(request)
         while True:
             size, event = peer.reply()
@@ -295,7 +318,7 @@ def test_no_error_reply_is_larger_than_its_request_plus_1_kib(
     """
     sizes = []
     with ServerProcess("--app", "hostile_app:service", env=write_app(tmp_path)) as srv:
-        for case in ERROR_CASES + (FRAMED_ONLY_CASES if framed else []):
+        for case in ERROR_CASES + (FRAMED_ONLY_CASES if framed else STREAM_ONLY_CASES):
             sent, got, event = error_reply(connect, srv.port, framed, case)
             if case.msgid is not None:
                 assert isinstance(event, ErrorResponse), (case.name, event)
@@ -309,6 +332,14 @@ def test_no_error_reply_is_larger_than_its_request_plus_1_kib(
             sizes.append((case.name, sent, got))
             assert got <= sent + 1024, (case.name, sent, got)
             assert got <= 1024, (case.name, got, event)
+        if framed:  # and before any message: a preamble of an unknown version
+            with connect(srv.port, framed=False) as peer:
+                peer.send(wire.MAGIC + b"\x09")
+                peer.framed = True  # the notice is a frame
+                [(got, event)] = peer.until_eof()
+            assert error_code(event) == "unsupported_version"
+            sizes.append(("unsupported version", len(wire.MAGIC) + 1, got))
+            assert got <= 1024
         srv_log = "".join(srv.log)
     report(
         f"error replies ({'framed' if framed else 'stream'})",
