@@ -739,6 +739,11 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
+    @property
+    def idle(self) -> bool:
+        """True between frames: no partial frame held, none being skipped, not dead."""
+        return not self._buf and not self._skip and not self.dead
+
     def release(self) -> bool:
         """Nothing to free: an idle FrameDecoder holds no buffer (see StreamDecoder)."""
         return False
@@ -1604,6 +1609,21 @@ class Connection:
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a message."""
         return self._decoder.buffered
+
+    @property
+    def idle(self) -> bool:
+        """True in framed mode when nothing is held: no event not yet returned, no
+        partial frame, no preamble still expected, no EOF. The next bytes then start
+        a frame, and a caller may decode whole frames itself (the clients' fast path
+        for plain responses) and feed this connection only the rest."""
+        decoder = self._decoder
+        return (
+            self._pos >= len(self._events)
+            and type(decoder) is FrameDecoder
+            and decoder.idle
+            and self._preamble is None
+            and not self._eof
+        )
 
     def send(self, event: Event) -> bytes:
         """The bytes that carry ``event`` to the peer.

@@ -5,13 +5,25 @@ Theory of operation. A :class:`Connection` owns one stream and one sans-IO
 the table of pending calls, shared with the blocking client). Two internal
 tasks run per connection, never one per call:
 
-* the **reader** is the only task that calls ``receive_some``. It feeds the
-  bytes to the core and hands each response straight to the task that is
+* the **reader** reads the stream whenever no caller does (below). It feeds
+  the bytes to the core and hands each response straight to the task that is
   waiting for it, found by msgid in the pending table;
 * the **writer** is the only task that calls ``send_all``. Callers append
   encoded frames to ``_outbox`` and return to waiting at once, so the frames
   queued while the writer was busy leave in one ``send_all``, and a caller
   that is cancelled can queue its ``[3, msgid]`` cancel without blocking.
+
+The caller reads (leader/follower, as the server does). On a plain TCP or Unix
+socket, a call made while no other call is pending skips both hand-offs: the
+caller writes its request to the socket itself (what the kernel does not take
+at once goes to the writer), takes the *read role* from the idle reader, and
+reads until its own reply arrives, waking any other caller whose reply comes
+first. Calls made meanwhile wait as followers, as above. When the caller
+returns, the role is free; the reader takes it back only once no call has been
+made for ``IDLE_S`` (or at once, if calls are still waiting), so a loop of
+sequential calls never switches tasks, while an idle connection is still read
+(server notices, a goaway, a close) within ``IDLE_S``. One task holds the role
+at a time.
 
 A waiting caller parks with ``trio.lowlevel.wait_task_rescheduled`` (no
 ``Event`` per call). When it is cancelled, its msgid stays in the pending
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,7 +61,7 @@ import trio.lowlevel
 
 from .. import wire
 from .._groups import background
-from ..errors import ConnectionClosed, Unavailable
+from ..errors import ConnectionClosed, RemoteError, Unavailable
 from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -86,6 +99,12 @@ OUTBOX_HIGH_WATER_BYTES: Final = 1024 * 1024
 FLUSH_TIMEOUT_S: Final = 10.0
 #: The same when the ``async with`` body raised or was cancelled.
 ERROR_FLUSH_TIMEOUT_S: Final = 0.25
+#: After a caller read its own reply, the reader task takes the read role back
+#: only once no call has been made for this long, in seconds.
+IDLE_S: Final = 0.005
+_NO_REPLY: Final = object()
+#: The tries of a call without a timeout, on its first try (never changed there).
+_UNTIMED: Final = Attempts("", None, 0.0)
 
 #: Opens one connection offering a protocol version, within a timeout in seconds.
 Dial = Callable[[int, float | None], Awaitable["Connection"]]
@@ -118,6 +137,16 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         self._tasks_scope = trio.CancelScope()
         # Set once the server said goaway: the writer half-closes when idle.
         self._retiring = False
+        # The caller-reads path (module docstring): the socket's descriptor (-1: no such
+        # path, the reader alone reads), the task holding the read role, the reader task,
+        # the scope a caller cancels to take the role from it, and whether a call read
+        # its own reply since the reader last looked.
+        self._fd = _socket_fd(stream)
+        self._reading: trio.lowlevel.Task | None = None
+        self._reader_task: trio.lowlevel.Task | None = None
+        self._read_scope = trio.CancelScope()
+        self._reader_lot = trio.lowlevel.ParkingLot()
+        self._called = False
 
     # -- calls -----------------------------------------------------------------------
 
@@ -129,10 +158,14 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         Raises:
             GoingAway: the server said goaway first; the request was not sent.
         """
+        if not self._core.pending and self._fd >= 0 and not self._outbox and not self._writing:
+            return await self._call_reading(method, params, timeout, attempts)
         await self._wait_for_outbox_room()
         task = trio.lowlevel.current_task()
         msgid, data = self._core.request(method, params, timeout, task)
         self._queue(data)
+        if self._reading is None:
+            self._reader_lot.unpark()  # someone must read the reply
         if timeout is None:
             return await self._wait_for_reply(msgid, task)
         with trio.move_on_after(timeout):
@@ -151,7 +184,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             if not self.closed:
                 waiters, cancels = self._core.close()
                 for task, error in waiters:
-                    trio.lowlevel.reschedule(task, outcome.Error(error))
+                    self._wake(task, outcome.Error(error))
                 if cancels:
                     self._queue(cancels)
                 with trio.move_on_after(flush_s):
@@ -225,6 +258,105 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         self._retiring = True
         self._writer_lot.unpark()
 
+    # -- the caller reads ----------------------------------------------------------------
+
+    async def _call_reading(
+        self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
+    ) -> Any:
+        """A call made while no other is pending: write it, read its reply, in this task."""
+        core = self._core
+        task = trio.lowlevel.current_task()
+        msgid, data = core.request(method, params, timeout, task)
+        # Take the read role. The reader holds it only while idle, waiting in its scope.
+        if self._reading is not None:
+            self._read_scope.cancel()
+        self._reading = task
+        self._called = True
+        try:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._fail(send_failed(_broken(exc)))
+                raise fresh(self._core.error or send_failed(exc)) from None
+            if sent < len(data):
+                self._queue(data[sent:])  # the writer sends the rest, before anything else
+            if timeout is None:
+                return await self._read_own_reply(msgid, task)
+            with trio.move_on_after(timeout):
+                return await self._read_own_reply(msgid, task)
+            raise attempts.expired()
+        finally:
+            if self._reading is task:
+                self._reading = None
+                if core.pending:
+                    self._reader_lot.unpark()  # others wait for replies: the reader takes over
+
+    async def _read_own_reply(self, msgid: int, task: trio.lowlevel.Task) -> Any:
+        """Read until the reply to ``msgid`` arrives, waking the callers of the others."""
+        core = self._core
+        fd = self._fd
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(fd)  # the call's checkpoint, every time
+                if core.error is not None:
+                    raise fresh(core.error)  # failed meanwhile, by another task
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._fail(connection_lost(_broken(exc)))
+                    raise fresh(core.error or connection_lost(exc)) from None
+                replies = core.receive(data)
+                if (
+                    len(replies) == 1
+                    and replies[0][0] is task
+                    and not core.notifications
+                    and core.error is None
+                    and core.goaway is None
+                ):
+                    result, error = replies[0][1], replies[0][2]  # the usual case
+                else:
+                    result, error = self._deliver(replies, task)
+                    if result is _NO_REPLY:
+                        if core.pending.get(msgid) is not task:  # failed, or given up by aclose()
+                            raise fresh(core.error or closed_by_us())
+                        continue
+                if error is not None:
+                    raise error
+                return result
+        except trio.ClosedResourceError:
+            # _fail() woke us (notify_closing) as it failed every call.
+            raise fresh(core.error or closed_by_us()) from None
+        except BaseException:
+            # Cancelled (or the time ran out): keep the msgid reserved and tell the server.
+            cancel = core.abandon(msgid, task)
+            if cancel is not None:
+                self._queue(cancel)
+            raise
+
+    def _deliver(
+        self, replies: list[tuple[trio.lowlevel.Task, Any, RemoteError | None]], me: Any
+    ) -> tuple[Any, RemoteError | None]:
+        """Wake the callers of ``replies`` but ``me``, settle the core; return me's outcome.
+
+        The outcome is ``(_NO_REPLY, None)`` if ``me``'s reply is not among them.
+        """
+        mine: tuple[Any, RemoteError | None] = (_NO_REPLY, None)
+        for waiter, result, error in replies:
+            if waiter is me:
+                mine = (result, error)
+            else:
+                trio.lowlevel.reschedule(
+                    waiter, outcome.Value(result) if error is None else outcome.Error(error)
+                )
+        core = self._core
+        if core.notifications or core.error is not None or core.goaway is not None:
+            self._settled()  # as the reader would
+        return mine
+
     # -- receiving -----------------------------------------------------------------------
 
     async def _wait_for_reply(self, msgid: int, task: trio.lowlevel.Task) -> Any:
@@ -250,6 +382,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
     async def _reader(self) -> None:
         core = self._core
         reschedule = trio.lowlevel.reschedule
+        me = self._reader_task = trio.lowlevel.current_task()
         try:
             data: bytes | bytearray | None = None  # first, the events that arrived with the hello
             while True:
@@ -257,27 +390,73 @@ class Connection(ClientBase[trio.lowlevel.Task]):
                     reschedule(
                         task, outcome.Value(result) if error is None else outcome.Error(error)
                     )
-                finished = core.settle()
-                if finished is not None:
-                    self._fail(finished)
+                if self._settled():
                     return
-                if core.goaway is not None:
-                    if not self._retiring:
-                        self._retire()
-                    if not core.has_live_calls():
-                        # Everything asked here is answered: done with it.
-                        self._fail(core.closed_after_goaway())
-                        return
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if self._fd < 0:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    continue
+                if self._reading is not me:
+                    await self._take_read_role()
+                    self._reading = me
+                data = None  # stays None if a caller takes the role (cancelling the scope)
+                with trio.CancelScope() as self._read_scope:
+                    data = await self._read_while_holding(me)
         except Exception as exc:  # never into the nursery: see the module docstring
-            self._fail(connection_lost(exc))
+            self._fail(connection_lost(_broken(exc) if isinstance(exc, OSError) else exc))
+
+    def _settled(self) -> bool:
+        """After a read: deliver notices, act on the end or a goaway; True once it is over."""
+        core = self._core
+        finished = core.settle()
+        if finished is not None:
+            self._fail(finished)
+            return True
+        if core.goaway is not None:
+            if not self._retiring:
+                self._retire()
+            if not core.has_live_calls():
+                # Everything asked here is answered: done with it.
+                self._fail(core.closed_after_goaway())
+                return True
+        return False
+
+    async def _take_read_role(self) -> None:
+        """Wait until the read role is free and the reader should read (module docstring)."""
+        while True:
+            if self._reading is None:
+                if self._core.pending or not self._called:
+                    return
+                self._called = False  # a caller read its own reply lately: let it go on
+            with trio.move_on_after(IDLE_S):
+                await self._reader_lot.park()
+
+    async def _read_while_holding(self, me: trio.lowlevel.Task) -> bytes | None:
+        """The next read, or None once a caller took the read role (cancelling our scope)."""
+        while self._reading is me:
+            try:
+                return os.read(self._fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._fd)
+        return None
 
     # -- ending --------------------------------------------------------------------------
+
+    def _wake(self, task: trio.lowlevel.Task, result: outcome.Outcome[Any]) -> None:
+        """Wake a waiting caller with ``result``; the one reading its own reply, differently.
+
+        That caller waits in ``wait_readable``, not for a reschedule: it is
+        woken with ``ClosedResourceError`` (the stream is closed next) and
+        raises the connection's error itself; if it is running, it sees it.
+        """
+        if task is not self._reading:
+            trio.lowlevel.reschedule(task, result)
+        elif task is not trio.lowlevel.current_task():
+            trio.lowlevel.notify_closing(self._fd)
 
     def _fail(self, error: ConnectionClosed) -> None:
         """End the connection: fail every pending call, stop the internal tasks."""
         for task, final in self._core.fail(error):
-            trio.lowlevel.reschedule(task, outcome.Error(final))
+            self._wake(task, outcome.Error(final))
         self._outbox.clear()
         self._outbox_bytes = 0
         self._drained_lot.unpark_all()
@@ -295,6 +474,20 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         # outer scope cancels these tasks, Cancelled skips this: _close() may
         # still have cancels to send.)
         await trio.aclose_forcefully(self._stream)
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int:
+    """The descriptor a caller may read and write directly, or -1 (TLS, memory streams...)."""
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return -1
+    return stream.socket.fileno()
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError:
+    """``exc`` as SocketStream reports it, so that errors read the same on either path."""
+    error = trio.BrokenResourceError(f"socket connection broken: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class _Connecting:
@@ -376,7 +569,18 @@ class Client(ClientFront[trio.lowlevel.Task]):
             ValueError: ``timeout`` is not a positive number.
             TypeError: a parameter cannot be encoded as msgpack.
         """
-        attempts = Attempts(method, timeout, trio.current_time())
+        conn = self._current
+        if timeout is None and conn.core.usable and not self._closed:
+            # The usual case, without the bookkeeping of tries (made if it goes again).
+            try:
+                return await conn.call(method, params, None, _UNTIMED)
+            except (GoingAway, Unavailable) as exc:
+                attempts = Attempts(method, timeout, trio.current_time())
+                attempts.tries = 1
+                if not attempts.again(exc, self._reconnect):
+                    raise
+        else:
+            attempts = Attempts(method, timeout, trio.current_time())
         while True:
             conn = await self._connection(attempts)
             try:

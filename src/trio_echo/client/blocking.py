@@ -1,14 +1,23 @@
 """The blocking client: plain sockets and threads, no Trio needed.
 
-Theory of operation. A :class:`BlockingClient` owns one socket and the same
-sans-IO :class:`~trio_echo.client.core.ClientCore` the async client uses.
-Each call registers a :class:`concurrent.futures.Future` under a fresh msgid,
-sends its request under a send lock, and waits on the future. One daemon
-reader thread reads the socket and completes the futures by msgid, so any
-number of threads can call at once on one connection. The core's state (the
-pending table, the msgid counter) is touched only under ``_lock``; the socket
+Theory of operation. A :class:`BlockingConnection` owns one socket and the
+same sans-IO :class:`~trio_echo.client.core.ClientCore` the async client
+uses. Each call registers a :class:`_Waiter` (a locked lock that the reply
+releases) under a fresh msgid and sends its request under a send lock. Then,
+on a plain socket, the caller reads its own reply (leader/follower, as the
+server does) if no one else holds the *read role*: it receives in its own
+thread, completing any other caller's waiter whose reply comes first, until
+its own arrives, so a thread calling in a loop never hands off to another
+thread. Callers that find the role taken (and calls with a ``timeout``) wait
+on their waiter as followers. A daemon reader thread takes the role whenever
+calls wait for replies with no caller reading, and when no call has been made
+for ``IDLE_S``, so that an idle connection is still read (server notices, a
+goaway, a close); it alone runs ``on_notification``. A leader that meets a
+notification, a goaway or the end of the connection hands the role to it.
+Over TLS the reader thread alone reads. The core's state (the pending table,
+the msgid counter, the read role) is touched only under ``_lock``; the socket
 is written only under ``_send_lock`` (never held together with ``_lock``, so
-a slow send never stalls the reader). A caller that gives up (``timeout``, or
+a slow send never stalls a reader). A caller that gives up (``timeout``, or
 ``KeyboardInterrupt`` in a REPL) sends ``[3, msgid]`` and keeps the msgid
 reserved until the late reply arrives.
 
@@ -24,6 +33,7 @@ half-closed, and it closes when its last pending call is answered.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found, unused-ignore]
 import math
 import signal
 import socket
@@ -31,9 +41,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from .. import wire
 from ..errors import ConnectionClosed, Unavailable
@@ -65,8 +74,49 @@ __all__ = ["BlockingClient", "BlockingConnection", "connect", "connect_unix"]
 #: Opens one connection offering a protocol version, within a timeout in seconds.
 BlockingDial = Callable[[int, float | None], "BlockingConnection"]
 
+#: After a caller read its own reply, the reader thread reads again only once no
+#: call has been made for this long, in seconds (or at once if calls are waiting).
+IDLE_S: Final = 0.005
+#: The read role's holder when it is the reader thread (else a leader's _Waiter, or None).
+_READER: Final = "reader thread"
+_SIGINT: Final = {signal.SIGINT}
+_RECEIVE: Final = (RECEIVE_SIZE,)
+#: The tries of a call without a timeout, on its first try (never changed there).
+_UNTIMED: Final = Attempts("", None, 0.0)
 
-class BlockingConnection(ClientBase[Future[Any]]):
+
+class _Waiter:
+    """One call's outcome: a lock held until the reply (or the failure) releases it."""
+
+    __slots__ = ("_lock", "error", "result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self._lock.locked()
+
+    def set(self, result: Any, error: BaseException | None) -> None:
+        """Complete the call (once: its waiter leaves the pending table as it happens)."""
+        self.result = result
+        self.error = error
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until completed (interruptible by Ctrl-C); False if ``timeout`` passed first."""
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class BlockingConnection(ClientBase[_Waiter]):
     """One thread-safe connection to a trio_echo server; calls from many threads share it.
 
     The :class:`BlockingClient` makes and replaces these; do not construct one directly.
@@ -94,13 +144,23 @@ class BlockingConnection(ClientBase[Future[Any]]):
             TimeoutError: the socket's timeout passed before the hello.
         """
         self._sock = sock
-        self._core: ClientCore[Future[Any]] = ClientCore(on_notification, max_frame, version)
+        self._core: ClientCore[_Waiter] = ClientCore(on_notification, max_frame, version)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         # Messages made (under _lock) but not yet written: after a goaway the
         # connection is half-closed only once this is 0 (see _retire_if_idle).
         self._unsent = 0
         self._released = False
+        # The read role (module docstring): who holds it, whether a call was made since
+        # the reader thread last looked, where the reader thread waits for the role, and
+        # whether closing the socket waits for a leader to let go of it.
+        self._reading: _Waiter | str | None = _READER
+        self._called = False
+        self._idle = threading.Condition(self._lock)
+        self._release_later = False
+        # Callers read their own replies only on a plain socket: a Ctrl-C in the middle
+        # of TLSSocket.recv could lose bytes it had already taken from the kernel.
+        self._callers_read = type(sock) is socket.socket
         try:
             sock.sendall(self._core.initiate())
             while not self._core.receive_hello(sock.recv(RECEIVE_SIZE)):
@@ -121,20 +181,33 @@ class BlockingConnection(ClientBase[Future[Any]]):
         Raises:
             GoingAway: the server said goaway first; the request was not sent.
         """
-        future: Future[Any] = Future()
+        waiter = _Waiter()
         with self._lock:
-            msgid, data = self._core.request(method, params, timeout, future)
+            msgid, data = self._core.request(method, params, timeout, waiter)
             self._unsent += 1
+            self._called = True
+            lead = self._reading is None and timeout is None and self._callers_read
+            if lead:
+                self._reading = waiter
+            elif self._reading is None:
+                self._idle.notify()  # the reader thread reads the reply
+        in_time = True
         try:
             self._send_made(data)
-            return future.result(timeout)
-        except TimeoutError:
-            if self._give_up(msgid, future):
-                raise attempts.expired() from None
-            return future.result()  # the reply won the race
+            if lead:
+                self._read_own_reply(waiter)
+            else:
+                in_time = waiter.wait(timeout)
         except BaseException:
-            self._give_up(msgid, future)  # e.g. KeyboardInterrupt: cancel on the server too
+            self._give_up(msgid, waiter)  # e.g. KeyboardInterrupt: cancel on the server too
+            if lead:
+                self._free_role(waiter)
             raise
+        if not in_time:
+            if self._give_up(msgid, waiter):
+                raise attempts.expired() from None
+            waiter.wait(None)  # the reply won the race
+        return waiter.outcome()
 
     def notify(self, method: str, params: tuple[Any, ...]) -> None:
         """Send a notification (see :meth:`BlockingClient.notify`)."""
@@ -151,8 +224,8 @@ class BlockingConnection(ClientBase[Future[Any]]):
         """
         with self._lock:
             waiters, cancels = self._core.close()
-        for future, error in waiters:
-            future.set_exception(error)
+        for waiter, error in waiters:
+            waiter.set(None, error)
         if cancels:
             self._send_cancel(cancels)
         self._fail(closed_by_us())
@@ -170,7 +243,8 @@ class BlockingConnection(ClientBase[Future[Any]]):
         finally:
             with self._lock:
                 self._unsent -= 1
-            self._retire_if_idle()
+            if self._core.goaway is not None:  # read after the decrement: see _settled
+                self._retire_if_idle()
 
     def _send_cancel(self, data: bytes) -> None:
         """Send cancels, unless the connection is half-closed or finished (then they are moot)."""
@@ -211,6 +285,11 @@ class BlockingConnection(ClientBase[Future[Any]]):
             with self._lock:
                 if self._released:
                     return
+                if isinstance(self._reading, _Waiter):
+                    # A caller may be about to receive on the descriptor: it closes
+                    # the socket as it lets go of the read role (_free_role).
+                    self._release_later = True
+                    return
                 self._released = True
             self._sock.close()
 
@@ -243,23 +322,25 @@ class BlockingConnection(ClientBase[Future[Any]]):
         """
         masked = threading.current_thread() is threading.main_thread()
         if masked:
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            # _signal's, not signal's: the same without converting the old mask to a
+            # set of enums, which took most of the time of a call.
+            old = _signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
         try:
             sent[0] = self._sock.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
         finally:
             if masked:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
+                _signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
 
     def _shutdown(self) -> None:
-        """Shut the socket down both ways; this also wakes the reader thread."""
+        """Shut the socket down both ways; this also wakes whoever is receiving."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already disconnected
 
-    def _give_up(self, msgid: int, future: Future[Any]) -> bool:
+    def _give_up(self, msgid: int, future: _Waiter) -> bool:
         """Abandon a call whose caller stopped waiting.
 
         Returns False if the call's outcome was already taken from the
@@ -272,26 +353,110 @@ class BlockingConnection(ClientBase[Future[Any]]):
             self._send_cancel(cancel)
         return owned
 
+    def _read_own_reply(self, waiter: _Waiter) -> None:
+        """Receive, as the holder of the read role, until ``waiter`` has its outcome.
+
+        Frees the role as it returns. A Ctrl-C (main thread) interrupts the wait
+        in ``recv`` before any byte is taken, or lands once ``list.extend``
+        stored what ``recv`` returned: C code between the two runs no signal
+        handler, so no byte is lost.
+        """
+        recv = self._sock.recv
+        while True:
+            got: list[bytes] = []
+            try:
+                got.extend(map(recv, _RECEIVE))
+            except OSError as exc:
+                self._fail(connection_lost(exc))  # completes every waiter, this one too
+                self._free_role(waiter)
+                waiter.wait(None)
+                return
+            except BaseException:
+                if got:  # a Ctrl-C that came with the data: keep the data
+                    self._take(got[0], waiter)
+                raise
+            took = self._take(got[0], waiter)
+            if took is None:
+                waiter.wait(None)  # the reader thread took over: wait as a follower
+                return
+            if took:
+                return
+
+    def _take(self, data: bytes, waiter: _Waiter) -> bool | None:
+        """Feed a leader's read to the core and complete the replies in it.
+
+        Returns True once ``waiter`` has its outcome (the role is then free),
+        False to read on, None if the reader thread has the role now (notices,
+        the end of the connection) or the connection failed meanwhile.
+        """
+        core = self._core
+        with self._lock:
+            if self._reading is not waiter:
+                return None
+            replies = [] if core.error is not None else core.receive(data)
+            mine: bool | None = False
+            if core.notifications or core.error is not None or core.goaway is not None:
+                self._reading = None  # the reader thread handles them
+                self._idle.notify()
+                mine = None
+            else:
+                for reply in replies:
+                    if reply[0] is waiter:
+                        mine = True
+                        self._reading = None
+                        if core.pending:
+                            self._idle.notify()  # calls still wait: the reader takes over
+                        break
+            later = self._release_later and self._reading is None
+        for other, result, error in replies:
+            other.set(result, error)
+        if later:
+            self._release()
+        return mine
+
+    def _free_role(self, waiter: _Waiter) -> None:
+        """A leader stops reading: free the read role, for the reader if calls still wait."""
+        with self._lock:
+            if self._reading is not waiter:
+                return
+            self._reading = None
+            if self._core.pending or self._core.error is not None:
+                self._idle.notify()
+            later = self._release_later
+        if later:
+            self._release()
+
+    def _wait_for_role(self) -> bool:
+        """Reader thread: wait until it should read (module docstring); False once finished."""
+        core = self._core
+        with self._lock:
+            while core.error is None:
+                if self._reading is _READER:
+                    return True
+                if self._reading is None:
+                    if core.pending or core.notifications or core.goaway or not self._called:
+                        self._reading = _READER
+                        return True
+                    self._called = False  # a caller read its reply lately: let it go on
+                self._idle.wait(IDLE_S)
+        return False
+
     def _read_loop(self) -> None:
         core = self._core
         lock = self._lock
         try:
-            while core.error is None:
+            while self._wait_for_role():
+                if self._settled():  # what a leader handed over (notices, a goaway)
+                    break
                 data = self._sock.recv(RECEIVE_SIZE)
                 with lock:
                     replies = core.receive(data)
-                for future, result, error in replies:
-                    if error is None:
-                        future.set_result(result)
-                    else:
-                        future.set_exception(error)
-                core.settle()  # notifications; an error ends the loop
-                if core.goaway is not None and core.error is None:
-                    self._retire_if_idle()
-                    with lock:
-                        done = not core.has_live_calls() and not self._unsent
-                    if done:  # everything asked here is answered: done with it
-                        self._fail(core.closed_after_goaway())
+                    if replies and not core.pending and core.usable and not core.notifications:
+                        self._reading = None  # calls are being made: let the callers read
+                for waiter, result, error in replies:
+                    waiter.set(result, error)
+                if self._settled():
+                    break
         except Exception as exc:  # OSError, or a bug: either way no call may hang
             self._fail(connection_lost(exc))
         if core.error is not None:
@@ -300,14 +465,33 @@ class BlockingConnection(ClientBase[Future[Any]]):
         self._shutdown()
         self._release()
 
+    def _settled(self) -> bool:
+        """Reader thread, after a read: notices, the end, a goaway; True once it is over."""
+        core = self._core
+        core.settle()  # notifications; an error ends the loop
+        if core.error is not None:
+            return True
+        if core.goaway is not None:
+            self._retire_if_idle()
+            with self._lock:
+                done = not core.has_live_calls() and not self._unsent
+            if done:  # everything asked here is answered: done with it
+                self._fail(core.closed_after_goaway())
+                return True
+        return False
+
     def _fail(self, error: ConnectionClosed) -> None:
         with self._lock:
             waiters = self._core.fail(error)
-        for future, final in waiters:
-            future.set_exception(final)
+            leader = isinstance(self._reading, _Waiter)
+            self._idle.notify_all()
+        for waiter, final in waiters:
+            waiter.set(None, final)
+        if leader:
+            self._shutdown()  # a caller may be in recv: wake it
 
 
-class BlockingClient(ClientFront[Future[Any]]):
+class BlockingClient(ClientFront[_Waiter]):
     """A thread-safe client of one trio_echo server address; many threads call at once.
 
     Calls share its current connection. When the server says ``goaway``
@@ -405,7 +589,18 @@ class BlockingClient(ClientFront[Future[Any]]):
             ValueError: ``timeout`` is not a positive number.
             TypeError: a parameter cannot be encoded as msgpack.
         """
-        attempts = Attempts(method, timeout, time.monotonic())
+        conn = self._current
+        if timeout is None and conn.core.usable and not self._closed:
+            # The usual case, without the bookkeeping of tries (made if it goes again).
+            try:
+                return conn.call(method, params, None, _UNTIMED)
+            except (GoingAway, Unavailable) as exc:
+                attempts = Attempts(method, timeout, time.monotonic())
+                attempts.tries = 1
+                if not attempts.again(exc, self._reconnect):
+                    raise
+        else:
+            attempts = Attempts(method, timeout, time.monotonic())
         while True:
             conn = self._connection(attempts)
             try:
