@@ -1620,7 +1620,9 @@ class Connection:
         return (
             self._pos >= len(self._events)
             and type(decoder) is FrameDecoder
-            and decoder.idle
+            and not decoder._buf  # FrameDecoder.idle, inlined: this runs per read
+            and not decoder._skip
+            and not decoder.dead
             and self._preamble is None
             and not self._eof
         )

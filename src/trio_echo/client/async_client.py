@@ -158,18 +158,28 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         Raises:
             GoingAway: the server said goaway first; the request was not sent.
         """
-        if not self._core.pending and self._fd >= 0 and not self._outbox and not self._writing:
+        core = self._core
+        if not core.pending and self._fd >= 0 and not self._outbox and not self._writing:
             return await self._call_reading(method, params, timeout, attempts)
-        await self._wait_for_outbox_room()
+        if self._outbox_bytes > OUTBOX_HIGH_WATER_BYTES:
+            await self._wait_for_outbox_room()
         task = trio.lowlevel.current_task()
-        msgid, data = self._core.request(method, params, timeout, task)
+        msgid, data = core.request(method, params, timeout, task)
         self._queue(data)
         if self._reading is None:
             self._reader_lot.unpark()  # someone must read the reply
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            # Cancelled while waiting: keep the msgid reserved and tell the server.
+            cancel = core.abandon(msgid, task)
+            if cancel is not None:
+                self._queue(cancel)
+            return trio.lowlevel.Abort.SUCCEEDED
+
         if timeout is None:
-            return await self._wait_for_reply(msgid, task)
+            return await trio.lowlevel.wait_task_rescheduled(abort)
         with trio.move_on_after(timeout):
-            return await self._wait_for_reply(msgid, task)
+            return await trio.lowlevel.wait_task_rescheduled(abort)
         raise attempts.expired()
 
     async def notify(self, method: str, params: tuple[Any, ...]) -> None:
@@ -358,16 +368,6 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         return mine
 
     # -- receiving -----------------------------------------------------------------------
-
-    async def _wait_for_reply(self, msgid: int, task: trio.lowlevel.Task) -> Any:
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            # Cancelled while waiting: keep the msgid reserved and tell the server.
-            cancel = self._core.abandon(msgid, task)
-            if cancel is not None:
-                self._queue(cancel)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _handshake(self) -> None:
         """Send the preamble and wait for the server's hello."""

@@ -40,6 +40,7 @@ import socket
 import ssl
 import threading
 import time
+from _thread import get_ident
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
@@ -294,44 +295,45 @@ class BlockingConnection(ClientBase[_Waiter]):
             self._sock.close()
 
     def _send(self, data: bytes) -> None:
-        sent = [0]  # bytes gone out, still known after an interrupt
+        """Send all of ``data``: at once if the kernel takes it, else in ``sendall``.
+
+        On the main thread Ctrl-C is held back for the first, non-blocking
+        send, so that an interrupt arriving just as the message goes out
+        (socket.sendall checks for signals after its last write) cannot leave
+        us unsure whether the message went out whole. (``_signal``'s
+        ``pthread_sigmask`` is ``signal``'s without converting the old mask to
+        a set of enums, which took most of its time.)
+        """
+        sent = 0  # bytes gone out, still known after an interrupt
+        sock = self._sock
         try:
             with self._send_lock:
-                self._send_at_once(data, sent)
-                if sent[0] < len(data):
-                    self._sock.sendall(memoryview(data)[sent[0] :])
+                if get_ident() == threading.main_thread().ident:
+                    old = _signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+                    try:
+                        sent = sock.send(data, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    finally:
+                        _signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C: here
+                else:
+                    try:
+                        sent = sock.send(data, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                if sent < len(data):
+                    sock.sendall(memoryview(data)[sent:])
         except OSError as exc:
             self._fail(send_failed(exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
         except BaseException:
-            if sent[0] == len(data):
+            if sent == len(data):
                 raise  # Ctrl-C after the whole message went out: the stream is intact
             # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
             self._fail(send_interrupted())
             self._shutdown()
             raise
-
-    def _send_at_once(self, data: bytes, sent: list[int]) -> None:
-        """Send what the kernel takes without blocking, recording how much in ``sent``.
-
-        A request usually fits at once. On the main thread Ctrl-C is held back
-        for that one non-blocking call, so that an interrupt arriving just as
-        the message goes out (socket.sendall checks for signals after its last
-        write) cannot leave us unsure whether the message went out whole.
-        """
-        masked = threading.current_thread() is threading.main_thread()
-        if masked:
-            # _signal's, not signal's: the same without converting the old mask to a
-            # set of enums, which took most of the time of a call.
-            old = _signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
-        try:
-            sent[0] = self._sock.send(data, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            pass
-        finally:
-            if masked:
-                _signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
 
     def _shutdown(self) -> None:
         """Shut the socket down both ways; this also wakes whoever is receiving."""
