@@ -31,6 +31,7 @@ works on the decoded lists directly; every other input goes through
 from __future__ import annotations
 
 import enum
+import gc
 import reprlib
 import struct
 from collections.abc import Callable, Iterator
@@ -608,6 +609,11 @@ class SlicedDecoder:
         end = min(self._pos + SLICE, len(data))
         unpacker.feed(memoryview(data)[self._pos : end])
         self._pos = end
+        # A slice may build thousands of containers; a garbage collection started
+        # among them would walk the half-built message (millions of slots), so the
+        # collector waits for the end of the slice (it runs at the next allocation).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             obj = unpacker.unpack()
         except msgpack.OutOfData:
@@ -628,6 +634,9 @@ class SlicedDecoder:
                 )
             else:
                 self.result = obj
+        finally:
+            if collecting:
+                gc.enable()
         if type(self.result) is ProtocolViolation:
             self.result = _fatal_on_stream(self.result, self._stream)
         self._unpacker = None  # free its buffer and state
@@ -745,8 +754,10 @@ class FrameDecoder:
         return not self._buf and not self._skip and not self.dead
 
     def release(self) -> bool:
-        """Nothing to free: an idle FrameDecoder holds no buffer (see StreamDecoder)."""
-        return False
+        """Drop the last read kept for :meth:`rewind` (e.g. when idle); True if one was held."""
+        held = bool(self._last)
+        self._last = b""
+        return held
 
     def feed(self, data: bytes | bytearray) -> list[Any]:
         """Add bytes; return the items of every frame they complete."""
@@ -1165,6 +1176,7 @@ class StreamDecoder:
 
         Returns True if something was freed.
         """
+        self._last, self._last_raw = b"", []  # kept for rewind, which a quiet stream won't need
         if self._tail is not None or (self._fast is None and self._scanner is None):
             return False
         self._fast = self._scanner = None

@@ -9,6 +9,7 @@ own. Each prints what it measured (run with ``-s`` to see it). Set
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -597,3 +598,62 @@ def test_array_or_map_as_map_key_is_answered_with_the_msgid(
         assert isinstance(reply, ErrorResponse) and reply.msgid == 7, reply
         assert reply.code == ErrorCode.MALFORMED
         assert peer.call(8, "ping") == Response(8, "pong")
+
+
+def test_a_cancel_for_a_request_still_waiting_is_answered_at_once(connect: Peers) -> None:
+    """At max_inflight, a request that waits (undecoded) is cancelled at once, not
+    when a slot frees: its ``cancelled`` reply does not wait for the running calls."""
+    with ServerProcess("--max-inflight", "2", env=server_env()) as srv:
+        peer = connect(srv.port)
+        peer.send(b"".join(wire.encode_request(i, "sleep", [5]) for i in (1, 2, 3)))
+        watcher = connect(srv.port)
+        wait_until(lambda: stats(watcher)["requests_in_flight"] == 2, 10)
+        start = time.monotonic()
+        peer.send(wire.encode_cancel(3))
+        assert peer.reply()[1] == ErrorResponse(3, "cancelled", "cancelled by the client")
+        took = time.monotonic() - start
+        assert stats(watcher)["requests_in_flight"] == 2  # 1 and 2 still run; 3 never will
+        peer.send(wire.encode_cancel(1) + wire.encode_cancel(2))
+        replies = {peer.reply()[1], peer.reply()[1]}
+        assert replies == {
+            ErrorResponse(1, "cancelled", "cancelled by the client"),
+            ErrorResponse(2, "cancelled", "cancelled by the client"),
+        }
+        wait_until(lambda: stats(watcher)["requests_in_flight"] == 0, 10)
+    report("cancel of a waiting request", seconds_to_cancelled=round(took, 3))
+    assert took < 0.5
+
+
+def test_a_unix_client_that_leaves_while_past_the_read_budget_is_noticed(
+    connect: Peers, tmp_path: Path
+) -> None:
+    """Past the 1 MiB a full connection reads, a peer's leaving is looked for once a
+    second: a reset on TCP (see above), and on a Unix socket, which has no reset, a
+    close (POLLHUP). Its calls are cancelled and its slots freed."""
+    path = str(tmp_path / "s.sock")
+    ready = r"listening on unix:\S+, \S+:(\d+)"
+    with ServerProcess("--max-inflight", "2", "--unix", path, env=server_env(), ready=ready) as srv:
+        watcher = connect(srv.port)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        calls = b"".join(wire.encode_request(i, "sleep", [30]) for i in (1, 2))
+        sock.sendall(wire.PREAMBLE + calls)
+        # Read the hello: a close with unread data would make the kernel flag a
+        # reset for the server (SO_ERROR); a plain close sets no error at all.
+        hello = b""
+        while len(hello) < 4 or len(hello) < 4 + int.from_bytes(hello[:4], "big"):
+            hello += sock.recv(65536)
+        wait_until(lambda: stats(watcher)["requests_in_flight"] == 2, 10)
+        start_in = stats(watcher)["bytes_in"]
+        more = b"".join(wire.encode_request(10 + i, "echo", [bytes(40_000)]) for i in range(60))
+        sock.settimeout(2)
+        try:
+            sock.sendall(more)  # blocks once the server stops reading at its budget
+        except TimeoutError:
+            pass
+        read_all(watcher, start_in + 1_000_000)
+        sock.close()
+        took = wait_until(lambda: settles(watcher), 10)
+    report("unix close past the read budget", seconds_to_free=round(took, 2))
+    assert took < 3.0

@@ -188,7 +188,9 @@ class ClientConnection:
             self.version = prefix[len(wire.MAGIC)]  # 1 or 2: sniffing checked it
             prefix = prefix[len(wire.PREAMBLE) :]
         self.session = Session(self, framed)
-        await self.session.run(prefix)
+        running = self.session.run(prefix)
+        del prefix  # the first read belongs to the session now, not to this frame
+        await running
 
     async def _proxy_prelude(self) -> bytes | None:
         """Take the connection's PROXY header: name the real client in ``peer``.

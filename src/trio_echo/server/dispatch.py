@@ -240,8 +240,12 @@ class Dispatcher:
             call.cancelled_by_client = True
             if call.scope is not None:
                 call.scope.cancel()
-        elif msgid in self.backlog_msgids:
+        elif msgid in self.backlog_msgids and msgid not in self.cancelled_early:
+            # Still waiting, undecoded, at max_inflight: answered now (protocol.md
+            # §4.5), and skipped when its turn comes.
             self.cancelled_early.add(msgid)
+            self.ctx.requests_total += 1
+            self._error(msgid, ErrorCode.CANCELLED, "cancelled by the client")
 
     def _violation(self, v: wire.ProtocolViolation) -> None:
         self.ctx.count_error(v.code)

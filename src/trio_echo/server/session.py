@@ -27,7 +27,8 @@ it if it never reads). At ``max_inflight`` a connection keeps reading, up to
 ``backlog`` (the decoder gives back what it decoded past the limit, see
 ``wire.FrameDecoder.rewind``), while cancels are applied at once and a reset is
 seen at once; past the budget TCP backpressure takes over and the socket is
-checked for a reset once a second. Every byte a connection holds (a partial
+checked once a second for the peer's leaving. Every byte a connection holds
+(a partial
 message, the backlog) counts against the server-wide ``max_buffered_bytes``.
 A message longer than ``wire.LARGE_MESSAGE`` is decoded a slice at a time with
 a checkpoint between slices, a few at once server-wide, so that one message
@@ -37,8 +38,8 @@ cannot stall the event loop.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -176,6 +177,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
                 if self.state.version >= 2 and ctx.max_connection_age > 0:
                     nursery.start_soon(self._run_age_timer)
             items = self.decoder.feed(initial)
+            del initial  # (the caller dropped its reference: see ClientConnection._run)
             done = self._process(items)
             if done < len(items):
                 self._hold(self.decoder.rewind(done))
@@ -323,7 +325,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
 
         Cancels are applied as they arrive, and a reset ends the connection at
         once. Past FULL_READ_BUDGET bytes held, the rest stays in the kernel
-        (TCP backpressure) and the socket is checked for a reset once a second.
+        (TCP backpressure) and the socket is checked once a second for the peer's
+        leaving (sockio.peer_gone).
         """
         state = self.state
         if self.held >= FULL_READ_BUDGET:
@@ -331,9 +334,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             with trio.move_on_after(RESET_POLL_S):
                 await self._wait_for_room()
             state.in_read = False
-            error = _sockio.pending_error(self.stream)
-            if error:
-                raise ConnectionResetError(error, os.strerror(error))
+            if _sockio.peer_gone(self.stream):
+                raise ConnectionResetError(errno.ECONNRESET, "the peer is gone")
             return
         with trio.CancelScope() as wake:
             self.wake_reader = wake
@@ -399,10 +401,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             if kind == _REQUEST:
                 msgid = wire.peek_msgid(data)
                 if msgid is not None and self._leaves_backlog(msgid):
-                    # Cancelled before it started: answered, never run.
-                    ctx.requests_total += 1
-                    self._error(msgid, ErrorCode.CANCELLED, "cancelled by the client")
-                    continue
+                    continue  # cancelled before it started: answered then, never run
             if large:
                 obj = await self._decode_large(raw)
             else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
@@ -104,16 +105,27 @@ async def send_all(
             await trio.lowlevel.wait_writable(fd)
 
 
-def pending_error(stream: trio.abc.Stream) -> int:
-    """The socket's pending error (``ECONNRESET`` once the peer reset it), else 0.
+def peer_gone(stream: trio.abc.Stream) -> bool:
+    """True once the peer has reset the connection or closed both directions of it.
 
     For a connection the server is not reading (its buffers are full), this is how
-    a reset is noticed without consuming the bytes waiting in the kernel.
+    the peer's leaving is noticed without consuming the bytes waiting in the
+    kernel: the socket's pending error (``ECONNRESET`` after a TCP reset), or
+    ``POLLHUP`` (a reset, or a Unix socket whose peer closed). A half-close is
+    not "gone": its requests are still answered. Over TLS the socket under the
+    ``SSLStream`` is looked at.
     """
-    sock = getattr(stream, "socket", None)
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-        return 0
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return False  # not over a socket (a memory stream in tests, say)
+        stream = inner
+    sock = stream.socket
     try:
-        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-    except OSError as exc:
-        return exc.errno or 0
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in poller.poll(0))
+    except OSError:
+        return True
