@@ -28,8 +28,8 @@ it if it never reads). At ``max_inflight`` a connection keeps reading, up to
 ``wire.FrameDecoder.rewind``), while cancels are applied at once and a reset is
 seen at once; past the budget TCP backpressure takes over and the socket is
 checked once a second for the peer's leaving. Every byte a connection holds
-(a partial
-message, the backlog) counts against the server-wide ``max_buffered_bytes``.
+(a partial message, the backlog) counts against the server-wide
+``max_buffered_bytes``.
 A message longer than ``wire.LARGE_MESSAGE`` is decoded a slice at a time with
 a checkpoint between slices, a few at once server-wide, so that one message
 cannot stall the event loop.
