@@ -532,3 +532,46 @@ async def test_handler_that_swallows_cancellation_does_not_poison_later_calls(
         assert await peer.next_event() == Response(1, "ignored the cancel")
         assert await peer.call(2, "nap") == Response(2, "rested")
         assert await peer.call(3, "nap", timeout_ms=5000) == Response(3, "rested")
+
+
+async def test_a_result_msgpack_cannot_encode_is_told_apart_from_a_raising_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The handler ran fine; only its result cannot go on the wire. Every handler kind
+    says so in the reply, and the log has one line for it, not a traceback (a check by
+    traceback frame once missed it: with compiled msgpack the last frame is msgpack's)."""
+    service = Service()
+
+    @service.method
+    def quick() -> Any:
+        return object()
+
+    @service.method
+    def checked(n: int) -> Any:  # annotated: the slower inline path
+        return {n: object()}
+
+    @service.method
+    async def later() -> Any:
+        return object()
+
+    @service.method(blocking=True)
+    def threaded() -> Any:
+        return object()
+
+    caplog.set_level("DEBUG", logger="trio_echo")
+    async with memory_server(Server(service)) as (server, stream, _n):
+        peer = Peer(stream)
+        await peer.start()
+        for msgid, (method, params) in enumerate(
+            [("quick", []), ("checked", [1]), ("later", []), ("threaded", [])], 1
+        ):
+            reply = await peer.call(msgid, method, *params)
+            assert isinstance(reply, ErrorResponse), reply
+            assert reply.code == ErrorCode.INTERNAL
+            assert reply.message.startswith(f"{method}: result cannot be encoded as msgpack: ")
+        assert server.stats()["errors"] == {"internal": 4}
+        assert await peer.call(9, "ping") == Response(9, "pong")
+    logged = [r for r in caplog.records if "cannot be encoded" in r.getMessage()]
+    assert len(logged) == 4
+    assert not any(r.exc_info for r in logged)
+    assert not any(r.exc_info for r in caplog.records if r.levelname == "ERROR")
