@@ -32,7 +32,6 @@ import math
 import re
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from stress import ServerProcess  # (benchmarks/ is on sys.path when run as a script)
 
 HOST = "127.0.0.1"
 MAX_FRAME = 4 * 1024 * 1024
@@ -66,46 +66,6 @@ ATTACKS: dict[str, Callable[[], bytes]] = {
     "map-bomb": lambda: request({"x": filler({}, 1, MAX_FRAME - 64)}),
     "echo-amplify": lambda: request({"timeout_ms": filler(False, 1, MAX_FRAME - 64)}),
 }
-
-
-class Server:
-    def __init__(self, command: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [*command, "--host", HOST, "--port", "0"], stderr=subprocess.PIPE, text=True
-        )
-        assert self.proc.stderr is not None
-        self.log: list[str] = []
-        for line in self.proc.stderr:
-            self.log.append(line)
-            match = re.search(r"listening on \S+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        else:
-            raise SystemExit("server exited before listening:\n" + "".join(self.log))
-        self.reader = threading.Thread(target=self._drain, daemon=True)
-        self.reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def rss_mib(self, key: str = "VmRSS") -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-        return math.nan
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(5)
 
 
 class Prober(threading.Thread):
@@ -149,6 +109,14 @@ class Prober(threading.Thread):
             time.sleep(0.002)
 
 
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """sendall, where the server closing first is an expected end (a fatal notice)."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
 def run_framed(port: int, payload: bytes, connections: int) -> tuple[int, int]:
     """Send ``payload`` on each connection; read until the server is done; (sent, received)."""
     socks = []
@@ -157,7 +125,7 @@ def run_framed(port: int, payload: bytes, connections: int) -> tuple[int, int]:
         sock.sendall(PREAMBLE)
         socks.append(sock)
     received = 0
-    senders = [threading.Thread(target=s.sendall, args=(payload,)) for s in socks]
+    senders = [threading.Thread(target=send_quietly, args=(s, payload)) for s in socks]
     for t in senders:
         t.start()
     for sock in socks:
@@ -194,7 +162,7 @@ def run_trickle(port: int, connections: int, seconds: float = 3.0) -> tuple[int,
 
 
 def measure(command: list[str], attack: str, connections: int) -> dict[str, Any]:
-    server = Server(command)
+    server = ServerProcess([], command)
     try:
         prober = Prober(server.port)
         prober.start()
@@ -231,7 +199,7 @@ def measure(command: list[str], attack: str, connections: int) -> dict[str, Any]
         server.stop()
 
 
-def longest_step(server: Server) -> str:
+def longest_step(server: ServerProcess) -> str:
     """What benchmarks/stepclock.py printed at the server's exit, if it ran under it."""
     for line in server.log:
         match = re.search(r"longest task step ([\d.]+) ms", line)

@@ -608,12 +608,17 @@ SCENARIO_FUNCS: dict[str, Scenario] = {
 
 
 class ServerProcess:
-    """``python -m trio_echo serve`` on a free loopback port, its stderr kept."""
+    """``python -m trio_echo serve`` on a free loopback port, its stderr kept.
 
-    def __init__(self, extra: list[str]) -> None:
-        command = [sys.executable, "-m", "trio_echo", "serve", "--host", HOST, "--port", "0"]
+    ``command`` runs another server command instead (``--host`` and ``--port``
+    are appended, then ``extra``); benchmarks/attacks.py uses it too.
+    """
+
+    def __init__(self, extra: list[str], command: list[str] | None = None) -> None:
+        if command is None:
+            command = [sys.executable, "-m", "trio_echo", "serve", *SERVER_ARGS]
         self.proc = subprocess.Popen(
-            [*command, *SERVER_ARGS, *extra],
+            [*command, "--host", HOST, "--port", "0", *extra],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -635,12 +640,16 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.log.append(line)
 
-    def peak_rss_mib(self) -> float:
+    def rss_mib(self, key: str = "VmRSS") -> float:
+        """The server's resident memory now (or, with ``VmHWM``, at its peak), in MiB."""
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
         return math.nan
+
+    def peak_rss_mib(self) -> float:
+        return self.rss_mib("VmHWM")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
