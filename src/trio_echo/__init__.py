@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ resolve
     from .server.server import serve as serve
     from .server.server import serve_stream as serve_stream
     from .server.service import HandlerKind as HandlerKind
+    from .server.service import ItemReceiver as ItemReceiver
+    from .server.service import ItemSender as ItemSender
     from .server.service import Method as Method
     from .server.service import Service as Service
 
@@ -84,6 +86,8 @@ _WHERE: Final[dict[str, str]] = {
     "serve": "server.server",
     "serve_stream": "server.server",
     "HandlerKind": "server.service",
+    "ItemReceiver": "server.service",
+    "ItemSender": "server.service",
     "Method": "server.service",
     "Service": "server.service",
     "testing": "testing",
@@ -93,6 +97,8 @@ _WHERE: Final[dict[str, str]] = {
 __all__ = [
     # server
     "HandlerKind",
+    "ItemReceiver",
+    "ItemSender",
     "Method",
     "Server",
     "ServerConfig",

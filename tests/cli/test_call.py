@@ -91,7 +91,7 @@ def test_methods_lists_names_and_docs(
 
     assert main(["methods", "--port", str(srv.port), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {"name": "fail", "doc": "Answer with the given error code."} in listed
+    assert {"name": "fail", "doc": "Answer with the given error code.", "kind": "unary"} in listed
 
     assert main(["methods", "--port", str(free_port())]) == 2
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
 
+from .. import wire
 from ..errors import InvalidParams
-from .service import Service
+from .service import ItemReceiver, Service
 
 __all__ = ["MAX_SLEEP_S", "MONITORING", "builtin_service"]
 
@@ -45,12 +46,40 @@ def builtin_service(
         return stats()
 
     def methods_() -> list[dict[str, str]]:
-        """A {"name", "doc"} map for every method this server serves."""
+        """A {"name", "doc", "kind"} map for every method this server serves."""
         return methods()
+
+    async def ticks(n: int, interval_s: float) -> AsyncIterator[int]:
+        """Server stream of 0 to n-1, one item every interval_s seconds (0 to 60)."""
+        if not 0 <= n <= wire.MAX_CREDIT:
+            raise InvalidParams(f"ticks: n must be between 0 and {wire.MAX_CREDIT}")
+        if not 0 <= interval_s <= MAX_SLEEP_S or math.isnan(interval_s):
+            raise InvalidParams(f"ticks: interval_s must be between 0 and {MAX_SLEEP_S:g}")
+        for i in range(n):
+            if i and interval_s:
+                await trio.sleep(interval_s)
+            yield i
+
+    async def sum_(numbers: ItemReceiver[float]) -> float:
+        """Client stream: the sum of the numbers received (0 for none)."""
+        total: float = 0
+        async for number in numbers:
+            if type(number) not in (int, float):
+                raise InvalidParams(f"sum: items must be numbers, not {wire.quote(number)}")
+            total += number
+        return total
+
+    async def echo_stream(items: ItemReceiver[Any]) -> AsyncIterator[Any]:
+        """Bidirectional stream: each item received is sent back."""
+        async for item in items:
+            yield item
 
     service.add(echo)
     service.add(ping)
     service.add(sleep)
     service.add(stats_, name="stats")
     service.add(methods_, name="methods")
+    service.add(ticks)
+    service.add(sum_, name="sum")
+    service.add(echo_stream)
     return service

@@ -102,6 +102,7 @@ class CallRunner:
     sending: bool
     wake_reader: trio.CancelScope | None
     nursery: trio.Nursery | None
+    streams: dict[int, Any]
 
     if TYPE_CHECKING:
         # Provided by the other parts of Session.
@@ -175,6 +176,8 @@ class CallRunner:
             if call.cancelled_by_client or (timed and call.deadline <= trio.current_time()):
                 # Cancelled or expired while it waited for a worker: never started.
                 call.awaitable.close()
+                if self.streams and call.msgid is not None:
+                    self.streams.pop(call.msgid, None)  # (a stream's own cleanup never ran)
                 self._finish(call, None, self._cancel_error(call))
                 continue
             call.scope = scope
@@ -253,6 +256,10 @@ class CallRunner:
 
     @staticmethod
     def _cancel_error(call: Call) -> tuple[str, str, Any]:
+        stream = getattr(call, "stream", None)  # a StreamCall (see .streams)
+        if stream is not None and stream.error is not None:
+            error: tuple[str, str, Any] = stream.error
+            return error  # a stream protocol error ended it
         if call.cancelled_by_client:
             return ErrorCode.CANCELLED, "cancelled by the client", None
         return ErrorCode.TIMEOUT, f"{call.method.name}: timeout_ms exceeded", None

@@ -236,6 +236,22 @@ class ServerConfig:
         "of them this long (0 = never)",
     )
     threads: int = setting(16, COUNT, "worker threads for blocking=True handlers")
+    stream_credit: int = setting(
+        16,
+        Check(
+            lambda v: _is_int(v) and 1 <= v <= wire.MAX_CREDIT,
+            f"an integer from 1 to {wire.MAX_CREDIT}",
+            "N",
+        ),
+        "protocol version 2 streams: items the server lets a client send ahead on each "
+        "client or bidi stream, so the most it holds for one",
+    )
+    stream_idle_timeout: float = setting(
+        300.0,
+        SECONDS,
+        "protocol version 2 streams: end with timeout a stream whose producer has waited "
+        "this long for the client's credit (0 = never)",
+    )
     grace: float = setting(
         10.0,
         SECONDS,

@@ -67,6 +67,8 @@ class ServerContext:
         "proxy_rejected",
         "requests_in_flight",
         "requests_total",
+        "stream_credit",
+        "stream_idle_timeout",
         "unlimited",
         "write_timeout",
         "write_timeouts",
@@ -88,7 +90,9 @@ class ServerContext:
             m.name: m.fn for m in methods.values() if m.kind is HandlerKind.INLINE and not m.checks
         }
         self.pooled_methods: dict[str, Method] = {
-            m.name: m for m in methods.values() if m.kind is not HandlerKind.INLINE and not m.checks
+            m.name: m
+            for m in methods.values()
+            if m.kind in (HandlerKind.ASYNC, HandlerKind.BLOCKING) and not m.checks
         }
         #: The hello map of each protocol version: only "protocol" differs.
         self.hellos = {v: {**hello, "protocol": v} for v in wire.PROTOCOL_VERSIONS}
@@ -100,6 +104,8 @@ class ServerContext:
         self.max_containers = config.max_containers
         self.max_buffered_bytes = config.max_buffered_bytes
         self.write_timeout = config.write_timeout
+        self.stream_credit = config.stream_credit
+        self.stream_idle_timeout = config.stream_idle_timeout
         self.max_connection_age = config.max_connection_age
         self.grace = config.grace
         self.proxy_protocol = config.proxy_protocol

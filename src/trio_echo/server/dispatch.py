@@ -40,6 +40,7 @@ log = logging.getLogger("trio_echo")
 # Module globals are faster to reach than enum members on the hot path.
 _INLINE: Final = HandlerKind.INLINE
 _ASYNC: Final = HandlerKind.ASYNC
+_STREAM: Final = HandlerKind.STREAM
 _REQUEST: Final = 0
 _LARGE: Final = wire.LargeMessage
 _MAX_MSGID: Final = wire.MAX_MSGID
@@ -65,11 +66,22 @@ class Dispatcher:
     logged_violation: bool
     closing: bool
     going_away: wire.GoawayReason | None
+    version: int
 
     if TYPE_CHECKING:
         # Provided by the other parts of Session.
         def _enqueue(self, data: bytes) -> None: ...
         def _refuse(self, items: list[Any]) -> int: ...
+        def _start_stream(
+            self,
+            msgid: int | None,
+            method: Method,
+            params: list[Any],
+            options: dict[Any, Any] | None,
+            deadline: float,
+        ) -> bool: ...
+        def _stream_message(self, event: wire.Items | wire.Credit | wire.End) -> None: ...
+        def _stream_violation(self, v: wire.ProtocolViolation) -> None: ...
 
     def _process(self, items: list[Any]) -> int:
         """Handle decoded messages in order (the hot path); return how many were handled.
@@ -155,7 +167,7 @@ class Dispatcher:
                 ctx.requests_total += answered
                 return answered + other
             other += 1
-            self._dispatch(wire.parse_message(obj))
+            self._dispatch(wire.parse_message(obj, self.version))
             if ctx.requests_in_flight >= ctx.max_requests:
                 get = _NONE.get
         ctx.requests_total += answered
@@ -225,8 +237,13 @@ class Dispatcher:
             self._start(None, event.method, event.params, None)
         elif type(event) is wire.Cancel:
             self._cancel(event.msgid)
+        elif type(event) is wire.Items or type(event) is wire.Credit or type(event) is wire.End:
+            self._stream_message(event)
         elif type(event) is wire.ProtocolViolation:
-            self._violation(event)
+            if event.stream:
+                self._stream_violation(event)
+            else:
+                self._violation(event)
         else:
             # A response or error response sent to the server.
             self._violation(
@@ -307,6 +324,14 @@ class Dispatcher:
         bad = method.check_params(params) if method.checks else None
         if bad is not None:
             self._error(msgid, ErrorCode.INVALID_PARAMS, bad, name)
+            return
+        if (method.kind is _STREAM or (options and "stream" in options)) and self._start_stream(
+            msgid,
+            method,
+            params,
+            options,
+            math.inf if timeout is None else trio.current_time() + timeout,
+        ):
             return
         if method.kind is _INLINE:
             self._run_inline(msgid, method, params)

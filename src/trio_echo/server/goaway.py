@@ -32,6 +32,8 @@ AGE_JITTER: Final = 0.1
 
 _REQUEST: Final = wire.MessageType.REQUEST.value
 _NOTIFICATION: Final = wire.MessageType.NOTIFICATION.value
+_ITEMS: Final = wire.MessageType.ITEMS.value
+_END: Final = wire.MessageType.END.value
 
 
 class Goaway:
@@ -43,6 +45,8 @@ class Goaway:
     framed: bool
     closing: bool
     going_away: GoawayReason | None
+    version: int
+    stream_version: bool
     wake_reader: trio.CancelScope | None
     nursery: trio.Nursery | None
 
@@ -52,6 +56,7 @@ class Goaway:
         async def _flush(self) -> None: ...
         def _dispatch(self, event: wire.Event) -> None: ...
         def _error(self, msgid: int | None, code: str, message: str, name: str = "") -> None: ...
+        def _hold(self, raws: list[Any]) -> None: ...
 
     def goaway(self, reason: GoawayReason, grace_ms: int) -> bool:
         """Tell a version 2 client to go away; True if sent.
@@ -83,6 +88,10 @@ class Goaway:
             if type(obj) is wire.LargeMessage:
                 # Not worth decoding: its first bytes say what it is.
                 kind, msgid = wire.peek_type(obj.data), wire.peek_msgid(obj.data)
+                if self.stream_version and kind is not None and _ITEMS <= kind <= _END:
+                    # Items for a running stream: applied, decoded a slice at a time.
+                    self._hold([obj])
+                    continue
                 if kind == _REQUEST and msgid is not None:
                     ctx.requests_total += 1
                     self._error(msgid, ErrorCode.UNAVAILABLE, message)
@@ -94,7 +103,7 @@ class Goaway:
                         wire.ProtocolViolation(ErrorCode.MALFORMED, "not a request", msgid)
                     )
                 continue
-            event = wire.parse_message(obj)
+            event = wire.parse_message(obj, self.version)
             if type(event) is wire.Request:
                 ctx.requests_total += 1
                 self._error(event.msgid, ErrorCode.UNAVAILABLE, message, event.method)

@@ -291,8 +291,9 @@ class Server:
         return self.ctx.metrics
 
     def method_list(self) -> list[dict[str, str]]:
-        """``{"name", "doc"}`` for every method (the ``methods`` built-in)."""
-        return [{"name": m.name, "doc": m.doc} for m in self.methods.values()]
+        """``{"name", "doc", "kind"}`` for every method (the ``methods`` built-in); ``kind``
+        is ``"unary"``, ``"server"``, ``"client"`` or ``"bidi"`` (protocol.md §12)."""
+        return [{"name": m.name, "doc": m.doc, "kind": m.kind_name} for m in self.methods.values()]
 
     # --- internals ----------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from .calls import Call, CallRunner
 from .dispatch import Dispatcher
 from .goaway import Goaway
 from .outbox import Outbox
+from .streams import EarlyStream, ServerStream, Streams
 
 if TYPE_CHECKING:
     from .context import ConnectionView
@@ -73,16 +74,19 @@ RESET_POLL_S: Final = 1.0
 _REQUEST: Final = 0
 _RESPONSE: Final = wire.MessageType.RESPONSE.value
 _CANCEL: Final = wire.MessageType.CANCEL.value
+_ITEMS: Final = wire.MessageType.ITEMS.value
+_END: Final = wire.MessageType.END.value
 _LARGE: Final = wire.LargeMessage
 
 
-class Session(Dispatcher, CallRunner, Outbox, Goaway):
+class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
     """The framed / msgpack-rpc message session of one connection (see the module doc).
 
     Its parts live in their own modules: :class:`~.dispatch.Dispatcher` (the
     hot path and starting calls), :class:`~.calls.CallRunner` (the worker pool),
-    :class:`~.outbox.Outbox` (sending replies) and :class:`~.goaway.Goaway`
-    (draining a version 2 session); this class owns their state,
+    :class:`~.outbox.Outbox` (sending replies), :class:`~.goaway.Goaway`
+    (draining a version 2 session) and :class:`~.streams.Streams` (streaming
+    calls, version 2); this class owns their state,
     the read loop and what a connection holds (the backlog, the budgets).
     """
 
@@ -133,6 +137,10 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
         self.ctx = ctx
         self.stream = state.stream
         self.framed = framed
+        #: The protocol version messages are read in (msgpack-rpc streams speak 1).
+        self.version = state.version if framed else wire.PROTOCOL_VERSION
+        #: Streams (protocol.md §12) exist on version 2 framed connections.
+        self.stream_version = self.version >= wire.STREAM_VERSION
         self.decoder: wire.FrameDecoder | wire.StreamDecoder = (
             wire.FrameDecoder if framed else wire.StreamDecoder
         )(ctx.max_frame, max_containers=ctx.max_containers, large=wire.LARGE_MESSAGE)
@@ -167,6 +175,14 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
         # among them a cancel reached before they started.
         self.backlog_msgids: dict[int, int] = {}
         self.cancelled_early: set[int] = set()
+        # Streaming calls by msgid, and what came for stream requests still in the
+        # backlog (see .streams); large stream messages wait in stream_backlog, to be
+        # decoded a slice at a time and applied whether or not there is room.
+        self.streams: dict[int, ServerStream] = {}
+        self.early: dict[int, EarlyStream] = {}
+        self.stream_backlog: collections.deque[Any] = collections.deque()
+        # Set once the session reads no more: streams waiting on the client end.
+        self.input_over = False
         # Bytes this connection counts against ctx.buffered_bytes.
         self.held = 0
         # The reader's receive while the connection is full: cancelled when room frees.
@@ -186,7 +202,9 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             self._process = self._process_metered  # type: ignore[method-assign]
 
     def busy(self) -> bool:
-        return bool(self.active or self.outbox or self.sending or self.backlog)
+        return bool(
+            self.active or self.outbox or self.sending or self.backlog or self.stream_backlog
+        )
 
     def trim(self) -> None:
         """Free what a quiet connection need not keep (the decoder's buffers)."""
@@ -204,6 +222,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
         while self.queue:
             self.queue.popleft().awaitable.close()
         self.backlog.clear()
+        self.stream_backlog.clear()
         self.backlog_bytes = 0
         self.ctx.buffered_bytes -= self.held
         self.held = 0
@@ -277,6 +296,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
                 if over:
                     break
         self.reader = None
+        if self.streams:
+            self._end_of_input()
         self.read_done.set()
 
     async def _read_loop(
@@ -306,7 +327,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
                 # Nobody took over while the handler ran: carry on reading.
                 self.reader_wanted = False
                 self.reader = token
-            if backlog:
+            if backlog or self.stream_backlog:
                 await self._drain()
             if self.queue:
                 if not await self._run_session(on_block, scope, running):
@@ -327,6 +348,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             if self.eof or state.stop_requested:
                 if not backlog:
                     return True  # EOF or shutdown: answer what is in flight, then close
+                if self.streams and not self.input_over:
+                    self._end_of_input()  # streams waiting on the client must not hold room
                 await self._wait_for_room()  # requests already read are answered too
                 continue
             if self.active >= max_inflight and self.going_away is None:
@@ -390,6 +413,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             return  # a call finished: room for the backlog
         if not data:
             self.eof = True  # half-closed: answer what was read, then close
+            if self.streams:
+                self._end_of_input()
             return
         state.bytes_in += len(data)
         self.ctx.bytes_in += len(data)
@@ -397,7 +422,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
         self._account()
 
     def _hold(self, raws: list[Any]) -> None:
-        """Keep messages that cannot start yet as bytes; apply cancels among them now."""
+        """Keep messages that cannot start yet as bytes; apply cancels among them now,
+        and the messages of running streams (items, credit, end: version 2)."""
         backlog = self.backlog
         for raw in raws:
             data = raw.data if type(raw) is _LARGE else raw
@@ -405,6 +431,14 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
                 backlog.append(raw)
                 continue
             kind = wire.peek_type(data)
+            if kind is not None and _ITEMS <= kind <= _END and self.stream_version:
+                if type(raw) is _LARGE or self.stream_backlog:
+                    # Decoded a slice at a time (see _drain), in order with the rest.
+                    self.stream_backlog.append(raw)
+                    self.backlog_bytes += len(data)
+                else:
+                    self._dispatch(wire.parse_message(wire.decode_message(data), self.version))
+                continue
             if kind == _CANCEL:
                 event = wire.parse_message(wire.decode_message(data))
                 if type(event) is wire.Cancel:
@@ -418,9 +452,18 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             self.backlog_bytes += len(data)
 
     async def _drain(self) -> None:
-        """Start what the backlog holds, in order, while there is room."""
+        """Start what the backlog holds, in order, while there is room.
+
+        The stream messages held go first, room or not (see _hold).
+        """
         backlog = self.backlog
         ctx = self.ctx
+        while self.stream_backlog and not self.closing:
+            raw = self.stream_backlog.popleft()
+            large = type(raw) is _LARGE
+            self.backlog_bytes -= len(raw.data if large else raw)
+            obj = await self._decode_large(raw) if large else wire.decode_message(raw)
+            self._dispatch(wire.parse_message(obj, self.version))
         while backlog and not self.closing:
             raw = backlog[0]
             large = type(raw) is _LARGE
@@ -439,15 +482,19 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
                 break  # a request or notification (or what may be one): no room yet
             backlog.popleft()
             self.backlog_bytes -= len(data)
+            msgid = None
             if kind == _REQUEST:
                 msgid = wire.peek_msgid(data)
                 if msgid is not None and self._leaves_backlog(msgid):
+                    self.early.pop(msgid, None)
                     continue  # cancelled before it started: answered then, never run
             if large:
                 obj = await self._decode_large(raw)
             else:
                 obj = wire.decode_message(data, ctx.max_containers, stream=not self.framed)
             self._process([obj])
+            if self.early and msgid is not None and msgid not in self.backlog_msgids:
+                self.early.pop(msgid, None)  # kept for a stream that did not start
         self._account()
 
     def _leaves_backlog(self, msgid: int) -> bool:
@@ -497,6 +544,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway):
             )
             # Nothing held is started now: give the bytes back at once.
             self.backlog.clear()
+            self.stream_backlog.clear()
             self.backlog_bytes = 0
             ctx.buffered_bytes -= self.held
             self.held = 0
