@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -73,3 +74,31 @@ def test_a_shared_client_fixture_in_trio_mode(tmp_path: Path) -> None:
     done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_streams(tmp_path: Path) -> None:
+    """The three kinds of stream, served from README's module and called as README calls them."""
+    text = section("## Streams: many items in one call")
+    (tmp_path / "streams_demo.py").write_text(block_after("# streams_demo.py"))
+    client = re.search(r"```python\n(async with trio_echo.open_client.*?)```", text, re.DOTALL)
+    assert client
+    async_part, _, blocking_part = client.group(1).partition("\nwith trio_echo.connect")
+    blocking_part = "with trio_echo.connect" + blocking_part
+    with ServerProcess("--app", "streams_demo:service", cwd=str(tmp_path)) as srv:
+        body = "\n".join("    " + line for line in async_part.splitlines())
+        script = (
+            "import trio, trio_echo\n\nasync def main():\n"
+            + body
+            + "\n\ntrio.run(main)\n"
+            + blocking_part
+        ).replace("7000", str(srv.port))
+        out = run([sys.executable, "-c", script], tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["3", "2", "1", "6.5", "HI", "None", "3", "2", "1"]
+        merged = run(
+            [sys.executable, "-m", "trio_echo", "call", "--port", str(srv.port), "merged", "2"],
+            tmp_path,
+        )
+        assert merged.returncode == 0, merged.stderr
+        assert sorted(json.loads(merged.stdout)) == [f"{i}.{j}" for i in range(2) for j in range(3)]
+        assert srv.stop() == 0

@@ -39,6 +39,14 @@ there, and it closes when the last one is answered. Connecting again happens
 in one task at a time, spaced by the core's :class:`Backoff`; a call waits
 for it at most ``connect_timeout``.
 
+Streams (protocol version 2, protocol.md §12): :meth:`Client.stream` opens one
+as a context manager, so that leaving the block early always cancels it. The
+core files what the server sends on it into its
+:class:`~trio_echo.client.core.StreamState` and wakes the :class:`Stream`'s
+parking lot; the stream queues its credit, items and end for the writer like
+any message. Credit is granted as the application takes items, never as they
+arrive, so a slow consumer holds the server's producer back.
+
 The internal tasks never raise: a failure is recorded on the connection,
 every pending call fails at once with :class:`ConnectionClosed`, and the
 tasks exit. So the body of ``async with open_client(...)`` sees plain
@@ -61,11 +69,12 @@ import trio.lowlevel
 
 from .. import wire
 from .._groups import background
-from ..errors import ConnectionClosed, RemoteError, Unavailable
+from ..errors import ConnectionClosed, DeadlineExceeded, RemoteError, Unavailable
 from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
+    DEFAULT_STREAM_WINDOW,
     RECEIVE_SIZE,
     Attempts,
     Backoff,
@@ -74,6 +83,8 @@ from .core import (
     ClientFront,
     GoingAway,
     NotificationHandler,
+    StreamFront,
+    StreamState,
     VersionRefused,
     closed_by_us,
     connect_timed_out,
@@ -88,6 +99,7 @@ __all__ = [
     "Client",
     "Connection",
     "NotificationHandler",
+    "Stream",
     "open_client",
     "open_client_over_stream",
     "open_unix_client",
@@ -181,6 +193,23 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         with trio.move_on_after(timeout):
             return await trio.lowlevel.wait_task_rescheduled(abort)
         raise attempts.expired()
+
+    def open_stream(
+        self,
+        method: str,
+        params: tuple[Any, ...],
+        kind: str,
+        window: int,
+        timeout: float | None,
+        deadline: float,
+    ) -> Stream:
+        """Send a stream's request (see :meth:`Client.stream`)."""
+        lot = trio.lowlevel.ParkingLot()
+        state, data = self._core.open_stream(method, params, kind, window, timeout, lot.unpark_all)
+        self._queue(data)
+        if self._reading is None:
+            self._reader_lot.unpark()  # someone must read what comes back
+        return Stream(self, state, lot, deadline, timeout)
 
     async def notify(self, method: str, params: tuple[Any, ...]) -> None:
         """Queue a notification for the writer (see :meth:`Client.notify`)."""
@@ -476,6 +505,141 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         await trio.aclose_forcefully(self._stream)
 
 
+class Stream(StreamFront):
+    """One open stream of a :class:`Client` (protocol version 2), from :meth:`Client.stream`.
+
+    Receive the server's items with ``async for item in stream`` (or
+    :meth:`receive`); send items with :meth:`send` and finish sending with
+    :meth:`end`; :meth:`finish` does both ends of the job and returns the
+    result. The client grants the server credit as items are taken here, so
+    at most ``window`` items wait in memory for a consumer that is slow.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        state: StreamState,
+        lot: trio.lowlevel.ParkingLot,
+        deadline: float,
+        timeout: float | None,
+    ) -> None:
+        self._conn = conn
+        self._state = state
+        self._lot = lot
+        self._deadline = deadline
+        self._timeout = timeout
+
+    async def receive(self) -> Any:
+        """The next item the server sent, waiting for it if need be.
+
+        Raises:
+            trio.EndOfChannel: the stream ended successfully (then see :attr:`result`).
+            RemoteError: it ended with an error (``DeadlineExceeded`` for ``timeout``).
+            ConnectionClosed: the connection was lost.
+            TypeError: a client stream, on which the server sends no items.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        state = self._state
+        if not state.receives:
+            raise TypeError(f"{state.method}: a client stream receives no items")
+        while not state.buffer:
+            if state.done:
+                if state.error is not None:
+                    raise state.error
+                raise trio.EndOfChannel
+            await self._wait()
+        item, credit = self._conn._core.stream_take(state)
+        if credit is not None:
+            self._conn._queue(credit)
+        return item
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def send(self, item: Any) -> None:
+        """Send one item, once the server has granted a credit for it (its first grant
+        is its go-ahead).
+
+        Raises:
+            RemoteError: the stream ended with an error before the item could go.
+            ConnectionClosed: the connection was lost, or the stream is over.
+            RuntimeError: after :meth:`end`.
+            TypeError: a server stream (the client sends no items), or an item
+                that cannot be encoded as msgpack.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        state = self._state
+        if not state.sends:
+            raise TypeError(f"{state.method}: a server stream takes no items from the client")
+        if state.ended:
+            raise RuntimeError(f"{state.method}: send() after end()")
+        while not state.send_credit:
+            if state.done:
+                if state.error is not None:
+                    raise state.error
+                raise ConnectionClosed(f"{state.method}: the stream is over")
+            await self._wait()
+        conn = self._conn
+        if conn._outbox_bytes > OUTBOX_HIGH_WATER_BYTES:
+            await conn._wait_for_outbox_room()
+        conn._queue(conn._core.stream_items(state, [item]))
+
+    async def end(self, error: RemoteError | None = None) -> None:
+        """Tell the server the client has sent its last item.
+
+        ``error`` (a :class:`RemoteError`, with its code, message and data) says
+        instead that the client's producer failed: the handler sees it as an
+        exception, never as a clean end. Ending twice is fine.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = self._conn._core.stream_end(self._state, error)
+        if data is not None:
+            self._conn._queue(data)
+
+    async def finish(self) -> Any:
+        """End the client's side (if it sends), let the server's remaining items go
+        (granting credit for them), and return the result when the response comes."""
+        state = self._state
+        if state.sends and not state.ended:
+            await self.end()
+        while not state.done or state.buffer:
+            if state.buffer:
+                await self.receive()  # discarded: the caller asked for the result
+            else:
+                await self._wait()
+        await trio.lowlevel.checkpoint()
+        return self.result
+
+    async def _wait(self) -> None:
+        """Park until the core files something for this stream, within the deadline."""
+        with trio.move_on_at(self._deadline):
+            await self._lot.park()
+            return
+        self._local_deadline()
+
+    def _local_deadline(self) -> None:
+        state = self._state
+        error = DeadlineExceeded(
+            f"{state.method}: the stream did not end within {self._timeout:g} s (local deadline)"
+        )
+        self._abandon()
+        state.error = error
+        raise error
+
+    def _abandon(self) -> None:
+        """Leave the stream: cancel it on the server (if it is not over)."""
+        conn = self._conn
+        cancel = conn._core.stream_cancel(self._state)
+        if cancel is not None and not conn.closed:
+            conn._queue(cancel)
+
+
 def _socket_fd(stream: trio.abc.Stream) -> int:
     """The descriptor a caller may read and write directly, or -1 (TLS, memory streams...)."""
     if os.name != "posix" or type(stream) is not trio.SocketStream:
@@ -590,6 +754,38 @@ class Client(ClientFront[trio.lowlevel.Task]):
             except (GoingAway, Unavailable) as exc:
                 if not attempts.again(exc, self._reconnect):
                     raise
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        *params: Any,
+        kind: str = "server",
+        window: int = DEFAULT_STREAM_WINDOW,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Stream]:
+        """Open a stream (protocol version 2): ``async with client.stream(...) as s``.
+
+        ``kind`` is the method's: ``"server"`` (``async for item in s``),
+        ``"client"`` (``await s.send(item)``, then ``await s.finish()`` for the
+        result) or ``"bidi"`` (both). Leaving the block before the stream's
+        end cancels it on the server. ``window`` is the credit the client
+        grants the server: at most that many items wait here unconsumed, and
+        half of it is granted again each time half was taken. ``timeout`` (in
+        seconds) covers the whole call, as ``timeout_ms`` on the server and here.
+
+        Raises:
+            UnsupportedVersion: the server speaks only protocol version 1.
+            ConnectionClosed, ValueError, FrameTooLarge: as for :meth:`call`.
+        """
+        attempts = Attempts(method, timeout, trio.current_time())
+        conn = await self._connection(attempts)
+        stream = conn.open_stream(method, params, kind, window, timeout, attempts.deadline)
+        try:
+            yield stream
+        finally:
+            if not stream.done:
+                stream._abandon()
 
     async def notify(self, method: str, *params: Any) -> None:
         """Send a notification: the server runs ``method`` and never replies.

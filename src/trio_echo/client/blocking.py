@@ -29,11 +29,19 @@ finds no usable connection, under ``_connect_lock`` (the others wait for
 it), spaced by the core's :class:`Backoff`. A connection told to go away
 takes no new call; once nothing is left to send on it (``_unsent``), it is
 half-closed, and it closes when its last pending call is answered.
+
+Streams (protocol version 2): :meth:`BlockingClient.stream` is a context
+manager around a :class:`BlockingStream`. Whoever reads (the reader thread, or
+a caller reading its own reply) files the server's items and credit into the
+stream's :class:`~trio_echo.client.core.StreamState` under ``_lock`` and
+notifies the stream's condition (on that same lock); the stream's thread
+takes items, and grants credit as it takes them, under the lock too.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found, unused-ignore]
+import contextlib
 import math
 import signal
 import socket
@@ -41,16 +49,17 @@ import ssl
 import threading
 import time
 from _thread import get_ident
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final
 
 from .. import wire
-from ..errors import ConnectionClosed, Unavailable
+from ..errors import ConnectionClosed, DeadlineExceeded, RemoteError, Unavailable
 from .connect import address, connect_failed
 from .core import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECEIVE_MAX_FRAME,
+    DEFAULT_STREAM_WINDOW,
     RECEIVE_SIZE,
     Attempts,
     Backoff,
@@ -59,6 +68,8 @@ from .core import (
     ClientFront,
     GoingAway,
     NotificationHandler,
+    StreamFront,
+    StreamState,
     VersionRefused,
     closed_by_us,
     connect_timed_out,
@@ -70,7 +81,7 @@ from .core import (
 )
 from .tls_socket import TLSSocket
 
-__all__ = ["BlockingClient", "BlockingConnection", "connect", "connect_unix"]
+__all__ = ["BlockingClient", "BlockingConnection", "BlockingStream", "connect", "connect_unix"]
 
 #: Opens one connection offering a protocol version, within a timeout in seconds.
 BlockingDial = Callable[[int, float | None], "BlockingConnection"]
@@ -209,6 +220,37 @@ class BlockingConnection(ClientBase[_Waiter]):
                 raise attempts.expired() from None
             waiter.wait(None)  # the reply won the race
         return waiter.outcome()
+
+    def open_stream(
+        self,
+        method: str,
+        params: tuple[Any, ...],
+        kind: str,
+        window: int,
+        timeout: float | None,
+        deadline: float,
+    ) -> BlockingStream:
+        """Send a stream's request (see :meth:`BlockingClient.stream`)."""
+        changed = threading.Condition(self._lock)
+        with self._lock:
+            state, data = self._core.open_stream(
+                method, params, kind, window, timeout, changed.notify_all
+            )
+            self._unsent += 1
+            self._called = True
+            if self._reading is None:
+                self._idle.notify()  # the reader thread reads what comes back
+        self._send_made(data)
+        return BlockingStream(self, state, changed, deadline, timeout)
+
+    def _send_stream_message(self, make: Callable[[], bytes | None]) -> None:
+        """Make a stream message under the lock (counted as unsent), then send it."""
+        with self._lock:
+            data = make()
+            if data is None:
+                return
+            self._unsent += 1
+        self._send_made(data)
 
     def notify(self, method: str, params: tuple[Any, ...]) -> None:
         """Send a notification (see :meth:`BlockingClient.notify`)."""
@@ -493,6 +535,147 @@ class BlockingConnection(ClientBase[_Waiter]):
             self._shutdown()  # a caller may be in recv: wake it
 
 
+class BlockingStream(StreamFront):
+    """One open stream of a :class:`BlockingClient` (protocol version 2), from
+    :meth:`BlockingClient.stream`; the blocking twin of the async client's ``Stream``.
+
+    ``for item in stream`` receives the server's items; :meth:`send`, :meth:`end`
+    and :meth:`finish` send. Credit is granted as items are taken.
+    """
+
+    def __init__(
+        self,
+        conn: BlockingConnection,
+        state: StreamState,
+        changed: threading.Condition,
+        deadline: float,
+        timeout: float | None,
+    ) -> None:
+        self._conn = conn
+        self._state = state
+        self._changed = changed
+        self._deadline = deadline
+        self._timeout = timeout
+        # A cancel made when the local deadline passed, sent once _lock is released.
+        self._cancel_due: bytes | None = None
+
+    def receive(self) -> Any:
+        """The next item the server sent, waiting for it if need be.
+
+        Raises:
+            EOFError: the stream ended successfully (then see :attr:`result`).
+            RemoteError: it ended with an error (``DeadlineExceeded`` for ``timeout``).
+            ConnectionClosed: the connection was lost.
+            TypeError: a client stream, on which the server sends no items.
+        """
+        state = self._state
+        conn = self._conn
+        if not state.receives:
+            raise TypeError(f"{state.method}: a client stream receives no items")
+        with self._deadline_checked(), conn._lock:
+            while not state.buffer:
+                if state.done:
+                    if state.error is not None:
+                        raise state.error
+                    raise EOFError(f"{state.method}: the stream has ended")
+                self._wait()
+            item, credit = conn._core.stream_take(state)
+            if credit is not None:
+                conn._unsent += 1
+        if credit is not None:
+            conn._send_made(credit)
+        return item
+
+    def __iter__(self) -> BlockingStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.receive()
+        except EOFError:
+            raise StopIteration from None
+
+    def send(self, item: Any) -> None:
+        """Send one item once the server has granted a credit for it.
+
+        Raises:
+            RemoteError, ConnectionClosed: the stream ended first.
+            RuntimeError: after :meth:`end`.
+            TypeError: a server stream, or an item msgpack cannot encode.
+        """
+        state = self._state
+        conn = self._conn
+        if not state.sends:
+            raise TypeError(f"{state.method}: a server stream takes no items from the client")
+        if state.ended:
+            raise RuntimeError(f"{state.method}: send() after end()")
+        with self._deadline_checked(), conn._lock:
+            while not state.send_credit:
+                if state.done:
+                    if state.error is not None:
+                        raise state.error
+                    raise ConnectionClosed(f"{state.method}: the stream is over")
+                self._wait()
+            data = conn._core.stream_items(state, [item])
+            conn._unsent += 1
+        conn._send_made(data)
+
+    def end(self, error: RemoteError | None = None) -> None:
+        """Tell the server the client sent its last item (or, with ``error``, that its
+        producer failed). Ending twice is fine."""
+        self._conn._send_stream_message(lambda: self._conn._core.stream_end(self._state, error))
+
+    def finish(self) -> Any:
+        """End the client's side (if it sends), let the remaining items go, and return
+        the result when the response comes."""
+        state = self._state
+        if state.sends and not state.ended:
+            self.end()
+        while True:
+            with self._deadline_checked(), self._conn._lock:
+                if state.done and not state.buffer:
+                    break
+                if not state.buffer:
+                    self._wait()
+                    continue
+            self.receive()
+        return self.result
+
+    @contextlib.contextmanager
+    def _deadline_checked(self) -> Iterator[None]:
+        """Around a ``with _lock`` block that may wait: send the cancel that a passed
+        deadline made, once the lock is released."""
+        try:
+            yield
+        finally:
+            cancel, self._cancel_due = self._cancel_due, None
+            if cancel is not None:
+                self._conn._send_made(cancel)
+
+    def _wait(self) -> None:
+        """Wait (``_lock`` held) until the stream changes, within the deadline."""
+        conn = self._conn
+        if conn._reading is None:
+            conn._idle.notify()  # make sure someone reads
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            state = self._state
+            error = DeadlineExceeded(
+                f"{state.method}: the stream did not end within {self._timeout:g} s "
+                "(local deadline)"
+            )
+            cancel = conn._core.stream_cancel(state)
+            state.error = error
+            if cancel is not None:
+                conn._unsent += 1
+                self._cancel_due = cancel  # sent by _deadline_checked, without the lock
+            raise error
+        self._changed.wait(min(left, 1.0) if left != math.inf else 1.0)
+
+    def _abandon(self) -> None:
+        self._conn._send_stream_message(lambda: self._conn._core.stream_cancel(self._state))
+
+
 class BlockingClient(ClientFront[_Waiter]):
     """A thread-safe client of one trio_echo server address; many threads call at once.
 
@@ -610,6 +793,35 @@ class BlockingClient(ClientFront[_Waiter]):
             except (GoingAway, Unavailable) as exc:
                 if not attempts.again(exc, self._reconnect):
                     raise
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        method: str,
+        *params: Any,
+        kind: str = "server",
+        window: int = DEFAULT_STREAM_WINDOW,
+        timeout: float | None = None,
+    ) -> Iterator[BlockingStream]:
+        """Open a stream (protocol version 2): ``with client.stream(...) as s: for item in s``.
+
+        As the async :meth:`Client.stream <trio_echo.Client.stream>`: ``kind``
+        is the method's (``"server"``, ``"client"``, ``"bidi"``), leaving the
+        block before the end cancels the stream on the server, ``window`` is
+        the credit granted, ``timeout`` covers the whole call.
+
+        Raises:
+            UnsupportedVersion: the server speaks only protocol version 1.
+            ConnectionClosed, ValueError, FrameTooLarge: as for :meth:`call`.
+        """
+        attempts = Attempts(method, timeout, time.monotonic())
+        conn = self._connection(attempts)
+        stream = conn.open_stream(method, params, kind, window, timeout, attempts.deadline)
+        try:
+            yield stream
+        finally:
+            if not stream.done:
+                stream._abandon()
 
     def notify(self, method: str, *params: Any) -> None:
         """Send a notification: the server runs ``method`` and never replies.

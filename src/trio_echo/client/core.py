@@ -36,10 +36,22 @@ across connections is decided here too: :class:`Attempts` (whether a call
 goes again on another connection, within its own deadline) and
 :class:`Backoff` (when to try connecting again); :class:`ClientFront` is
 what both clients expose of the connection they use now.
+
+Streams (protocol version 2, protocol.md §12). :meth:`ClientCore.open_stream`
+registers a :class:`StreamState` under the stream's msgid (in the pending
+table too, so the msgid stays taken); :meth:`ClientCore.receive` files the
+items and credit the server sends into it and finishes it with the final
+response, calling the transport's ``wake`` each time, instead of handing a
+reply back. The transport's stream object takes items with
+:meth:`ClientCore.stream_take`, which returns the credit to grant once half the
+window was consumed (so credit follows what the application consumed, not
+what arrived), and sends with :meth:`ClientCore.stream_items` and
+:meth:`ClientCore.stream_end`.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import math
 import random
@@ -55,8 +67,11 @@ from ..errors import (
     ConnectTimeout,
     DeadlineExceeded,
     FrameTooLarge,
+    Malformed,
     RemoteError,
+    RequestCancelled,
     Unavailable,
+    UnsupportedVersion,
     remote_error,
 )
 from ..wire import RECEIVE_SIZE
@@ -64,6 +79,7 @@ from ..wire import RECEIVE_SIZE
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_RECEIVE_MAX_FRAME",
+    "DEFAULT_STREAM_WINDOW",
     "RECEIVE_SIZE",
     "UNAVAILABLE_RETRIES",
     "Attempts",
@@ -73,6 +89,8 @@ __all__ = [
     "ClientFront",
     "GoingAway",
     "NotificationHandler",
+    "StreamFront",
+    "StreamState",
     "VersionRefused",
     "closed_by_us",
     "connect_timed_out",
@@ -101,6 +119,10 @@ UNAVAILABLE_RETRIES: Final = 3
 BACKOFF_FIRST_S: Final = 0.05
 BACKOFF_MAX_S: Final = 5.0
 BACKOFF_JITTER: Final = 0.2
+
+#: The credit a client stream starts with, and grants again each time half of it
+#: was consumed (FbThrift's rule).
+DEFAULT_STREAM_WINDOW: Final = 16
 
 W = TypeVar("W")
 
@@ -280,6 +302,107 @@ def timeout_options(timeout: float | None) -> dict[str, Any] | None:
     return {"timeout_ms": timeout * 1000.0}
 
 
+class StreamState:
+    """The client's side of one stream (protocol.md §12), with no I/O.
+
+    Attributes:
+        buffer: items received and not yet taken by the application.
+        send_credit: items the server lets the client send now (its go-ahead and grants).
+        done: the final response arrived (``result`` or ``error``), or the stream
+            ended here (cancelled, the connection lost: ``error``).
+        wake: the transport's callback, called whenever any of this changes.
+    """
+
+    __slots__ = (
+        "buffer",
+        "consumed",
+        "done",
+        "ended",
+        "error",
+        "go_ahead",
+        "kind",
+        "method",
+        "msgid",
+        "recv_credit",
+        "refill",
+        "result",
+        "send_credit",
+        "sent",
+        "taken",
+        "wake",
+        "window",
+    )
+
+    def __init__(
+        self,
+        msgid: int,
+        method: str,
+        kind: wire.StreamKind,
+        window: int,
+        wake: Callable[[], object],
+    ) -> None:
+        self.msgid = msgid
+        self.method = method
+        self.kind = kind
+        self.window = window
+        self.refill = max(1, window // 2)
+        self.buffer: collections.deque[Any] = collections.deque()
+        #: Credit granted to the server and not yet used by its items.
+        self.recv_credit = window if kind is not wire.StreamKind.CLIENT else 0
+        self.consumed = 0
+        self.send_credit = 0
+        self.go_ahead = False
+        self.ended = False
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: Items taken by the application, and sent, so far.
+        self.taken = 0
+        self.sent = 0
+        self.wake = wake
+
+    @property
+    def receives(self) -> bool:
+        """The server sends items on it (a server or bidi stream)."""
+        return self.kind is not wire.StreamKind.CLIENT
+
+    @property
+    def sends(self) -> bool:
+        """The client sends items on it (a client or bidi stream)."""
+        return self.kind is not wire.StreamKind.SERVER
+
+
+class StreamFront:
+    """What both clients' stream objects expose of their :class:`StreamState`."""
+
+    _state: StreamState
+
+    @property
+    def msgid(self) -> int:
+        return self._state.msgid
+
+    @property
+    def done(self) -> bool:
+        """True once the final response has arrived (or the stream ended here)."""
+        return self._state.done
+
+    @property
+    def result(self) -> Any:
+        """The call's result, once :attr:`done`: nil (None) for a server stream, the
+        handler's return value for a client or bidi stream.
+
+        Raises:
+            RuntimeError: the stream has not ended yet.
+            RemoteError: the call ended with this error (and the others as for a call).
+        """
+        state = self._state
+        if not state.done:
+            raise RuntimeError(f"{state.method}: the stream has not ended yet")
+        if state.error is not None:
+            raise state.error
+        return state.result
+
+
 class ClientCore(Generic[W]):
     """The sans-IO half of a client connection; see the module docstring.
 
@@ -306,6 +429,8 @@ class ClientCore(Generic[W]):
         self.server_info: dict[str, Any] = {}
         self.server_max_frame = wire.DEFAULT_MAX_FRAME
         self.pending: dict[int, W | None] = {}
+        #: The open streams by msgid (also in ``pending``, which keeps their msgid taken).
+        self.streams: dict[int, StreamState] = {}
         self.next_msgid = 1
         self.error: ConnectionClosed | None = None
         self.notifications: list[wire.Notification] = []
@@ -421,6 +546,7 @@ class ClientCore(Generic[W]):
         Returns their waiters, each with the error to wake it with, and the
         cancels to send, so that the server stops their handlers instead of
         finishing them for nobody. Nothing once the connection is finished.
+        Open streams end here (woken, with the same error).
         """
         if self.error is not None:
             return [], b""
@@ -430,7 +556,135 @@ class ClientCore(Generic[W]):
         cancels = b""
         if not self.half_closed:
             cancels = b"".join(wire.encode_cancel(m, pack=self.pack) for m, _ in live)
-        return [(w, closed_by_us()) for _, w in live], cancels
+        self._end_streams(closed_by_us())
+        return [(w, closed_by_us()) for _, w in live if type(w) is not StreamState], cancels
+
+    # -- streams (protocol version 2) -------------------------------------------------------
+
+    def open_stream(
+        self,
+        method: str,
+        params: tuple[Any, ...],
+        kind: wire.StreamKind | str,
+        window: int,
+        timeout: float | None,
+        wake: Callable[[], object],
+    ) -> tuple[StreamState, bytes]:
+        """Register a stream under a fresh msgid; return it and its request's bytes.
+
+        Raises:
+            UnsupportedVersion: the connection speaks protocol version 1 (no streams).
+            ValueError: an unknown ``kind``, a ``window`` out of range, a bad ``timeout``.
+            and as :meth:`request`.
+        """
+        if self.error is not None or self.goaway is not None:
+            self.check_usable()
+        if self.conn.version < wire.STREAM_VERSION:
+            raise UnsupportedVersion(
+                f"{method}: streams need protocol version 2; this server speaks "
+                f"version {self.conn.version}"
+            )
+        stream_kind = wire.StreamKind(kind)
+        if type(window) is not int or not 1 <= window <= wire.MAX_CREDIT:
+            raise ValueError(f"window must be an integer from 1 to {wire.MAX_CREDIT}")
+        options: dict[str, Any] = timeout_options(timeout) or {}
+        options["stream"] = stream_kind.value
+        if stream_kind is not wire.StreamKind.CLIENT:
+            options["credit"] = window
+        msgid = self._allocate_msgid()
+        body = self.pack([0, msgid, method, params, options])
+        self._check_size(body)
+        state = StreamState(msgid, method, stream_kind, window, wake)
+        self.pending[msgid] = state  # type: ignore[assignment]  # keeps the msgid taken
+        self.streams[msgid] = state
+        return state, _HEADER.pack(len(body)) + body
+
+    def stream_take(self, state: StreamState) -> tuple[Any, bytes | None]:
+        """The next received item (the buffer must not be empty), and the credit to
+        send with it: once half the window was consumed, what was consumed."""
+        item = state.buffer.popleft()
+        state.taken += 1
+        state.consumed += 1
+        if state.consumed < state.refill or state.done or self.error is not None:
+            return item, None
+        if self.half_closed:
+            return item, None
+        grant, state.consumed = state.consumed, 0
+        state.recv_credit += grant
+        return item, wire.encode_credit(state.msgid, grant, pack=self.pack)
+
+    def stream_items(self, state: StreamState, items: list[Any]) -> bytes:
+        """The bytes of ``items`` (at most :attr:`StreamState.send_credit` of them).
+
+        Raises:
+            FrameTooLarge: larger than the server's ``max_frame`` (nothing used).
+            TypeError: an item cannot be encoded as msgpack.
+        """
+        assert 0 < len(items) <= state.send_credit, "no credit for these items"
+        body = self.pack([4, state.msgid, items])
+        self._check_size(body)
+        state.send_credit -= len(items)
+        state.sent += len(items)
+        return _HEADER.pack(len(body)) + body
+
+    def stream_end(self, state: StreamState, error: RemoteError | None = None) -> bytes | None:
+        """The bytes of the client's end (an error tells the handler the producer failed);
+        None if it was sent already or nothing can be sent any more."""
+        if state.ended or state.done or self.error is not None or self.half_closed:
+            state.ended = True
+            return None
+        state.ended = True
+        err = None if error is None else wire.error_map(error.code, error.message, error.data)
+        return wire.encode_end(state.msgid, err, pack=self.pack)
+
+    def stream_cancel(self, state: StreamState) -> bytes | None:
+        """The application leaves the stream before its end: end it here (its msgid stays
+        taken until the late response) and return the cancel to send, if any."""
+        if state.done:
+            return None
+        self._finish_stream(state, None, RequestCancelled("the stream was left before its end"))
+        self.pending[state.msgid] = None
+        if self.error is not None or self.half_closed:
+            return None
+        return wire.encode_cancel(state.msgid, pack=self.pack)
+
+    def _finish_stream(self, state: StreamState, result: Any, error: BaseException | None) -> None:
+        state.done = True
+        state.result = result
+        state.error = error
+        self.streams.pop(state.msgid, None)
+        state.wake()
+
+    def _end_streams(self, error: ConnectionClosed) -> None:
+        for state in list(self.streams.values()):
+            self._finish_stream(state, None, fresh(error))
+
+    def _stream_event(self, event: wire.Items | wire.Credit) -> None:
+        state = self.streams.get(event.msgid)
+        if state is None:
+            return  # a stream left or finished: dropped (protocol.md §12.4)
+        if type(event) is wire.Credit:
+            state.send_credit += event.n
+            state.go_ahead = True
+            state.wake()
+            return
+        assert type(event) is wire.Items
+        items = event.items
+        if len(items) > state.recv_credit:
+            # The server broke the flow control: end the stream here, keep the msgid.
+            self._finish_stream(
+                state,
+                None,
+                Malformed(
+                    f"{state.method}: the server sent {len(items)} items with "
+                    f"{state.recv_credit} credits granted"
+                ),
+            )
+            self.pending[state.msgid] = None
+            return
+        state.recv_credit -= len(items)
+        state.buffer.extend(items)
+        state.wake()
 
     def check_open(self) -> None:
         """Raises: ConnectionClosed: the connection is finished."""
@@ -456,7 +710,7 @@ class ClientCore(Generic[W]):
         """Open, and not going away: a new call may use it."""
         return self.error is None and self.goaway is None
 
-    def has_live_calls(self) -> bool:
+    def has_live_calls(self) -> bool:  # (open streams count: they are in ``pending``)
         """Some call still waits for its reply here (abandoned ones aside)."""
         return any(w is not None for w in self.pending.values())
 
@@ -513,6 +767,13 @@ class ClientCore(Generic[W]):
                 waiter = pending.pop(event.msgid, None)
                 if waiter is None:
                     continue  # a late reply to an abandoned call (or junk): dropped
+                if isinstance(waiter, StreamState):
+                    if isinstance(event, wire.Response):
+                        self._finish_stream(waiter, event.result, None)
+                    else:
+                        error = remote_error(event.code, event.message, event.data)
+                        self._finish_stream(waiter, None, error)
+                    continue
                 if isinstance(event, wire.Response):
                     replies.append((waiter, event.result, None))
                 else:
@@ -520,11 +781,16 @@ class ClientCore(Generic[W]):
                     replies.append((waiter, None, error))
             elif event is wire.NEED_DATA:
                 return replies
+            elif kind is wire.Items or kind is wire.Credit:
+                assert isinstance(event, wire.Items | wire.Credit)
+                self._stream_event(event)
             elif kind is wire.OversizedFrame:
                 assert isinstance(event, wire.OversizedFrame)
                 # Skipped unread: only its call fails; the connection carries on.
                 waiter = pending.pop(event.msgid, None) if event.msgid is not None else None
-                if waiter is not None:
+                if isinstance(waiter, StreamState):
+                    self._finish_stream(waiter, None, self._reply_too_large(event.length))
+                elif waiter is not None:
                     replies.append((waiter, None, self._reply_too_large(event.length)))
             elif isinstance(event, wire.Notification):
                 if event.method == "error":
@@ -576,6 +842,9 @@ class ClientCore(Generic[W]):
             off = end
             waiter = pending.pop(msgid, None)
             if waiter is not None:  # else a late reply to an abandoned call: dropped
+                if isinstance(waiter, StreamState):
+                    self._finish_stream(waiter, result, None)
+                    continue
                 replies.append((waiter, result, None))
         return replies, bytes(data[off:]) if off < n else b""
 
@@ -633,7 +902,12 @@ class ClientCore(Generic[W]):
             self.error = error
         final = self.error
         pending, self.pending = self.pending, {}
-        return [(w, fresh(final)) for w in pending.values() if w is not None]
+        self._end_streams(final)
+        return [
+            (w, fresh(final))
+            for w in pending.values()
+            if w is not None and type(w) is not StreamState
+        ]
 
 
 class ClientBase(Generic[W]):
