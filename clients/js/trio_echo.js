@@ -3,12 +3,14 @@
 // msgpack frames, msgids matched to callers, cancel on abort, error codes, and
 // version 2 (§11): it offers version 2 and falls back to 1, follows a server's
 // goaway to a new connection, retries calls answered "unavailable", and
-// reconnects after a lost connection.
+// reconnects after a lost connection; and server streams (§12) as async
+// iterators, with credit granted as the loop consumes items.
 //
 //   import { connect } from "./trio_echo.js";
 //   const client = await connect("127.0.0.1", 7000);
 //   await client.call("echo", "hi");                          // -> "hi"
 //   await client.request("sleep", [5], { timeoutMs: 100 });   // rejects, code "timeout"
+//   for await (const tick of client.stream("ticks", [3, 0.1])) console.log(tick);  // 0 1 2
 //   client.close();
 
 import net from "node:net";
@@ -35,6 +37,10 @@ const REQUEST = 0;
 const RESPONSE = 1;
 const NOTIFICATION = 2;
 const CANCEL = 3;
+const ITEMS = 4; // §12.2, version 2 only
+const CREDIT = 5;
+/** §12.3: the credit a server stream starts with; half of it is granted again as it is consumed. */
+export const STREAM_WINDOW = 16;
 
 /** The server answered with an error (§4.3); `code` is one of the §6 codes. */
 export class RemoteError extends Error {
@@ -100,6 +106,7 @@ class Connection {
     this.onNotification = onNotification;
     this.serverInfo = null;
     this.pending = new Map(); // msgid -> {resolve, reject}, or null once abandoned
+    this.streams = new Map(); // msgid -> ServerStream (§12), also in pending
     this.nextMsgid = 1;
     this.closedError = null;
     this.goaway = null; // {reason, grace_ms} once the server said goaway (§11.3)
@@ -136,6 +143,42 @@ class Connection {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.send(message);
     });
+  }
+
+  /**
+   * Open a server stream (§12): [0, msgid, method, params, {stream: "server",
+   * credit: window}]. Its items go to `stream`, which grants credit as they are
+   * consumed; the final response ends it.
+   */
+  openStream(stream, { window, timeoutMs }) {
+    if (this.closedError) throw this.closedError;
+    if (this.goaway) throw new GoingAway();
+    if (this.version < 2) {
+      throw new RemoteError(
+        "unsupported_version",
+        `${stream.method}: streams need protocol version 2; the server speaks version 1`,
+      );
+    }
+    const msgid = this.allocateMsgid();
+    const options = { stream: "server", credit: window };
+    if (timeoutMs !== undefined) options.timeout_ms = timeoutMs;
+    this.pending.set(msgid, {
+      resolve: (result) => stream.finish(null, result),
+      reject: (error) => stream.finish(error, null),
+    });
+    this.streams.set(msgid, stream);
+    this.send([REQUEST, msgid, stream.method, stream.params, options]);
+    return msgid;
+  }
+
+  /** The application left a stream before its end: cancel it, keep the msgid reserved. */
+  leaveStream(msgid) {
+    this.streams.delete(msgid);
+    if (this.pending.get(msgid)) {
+      this.pending.set(msgid, null);
+      if (!this.ended && !this.closedError) this.send([CANCEL, msgid]);
+      this.endIfDone();
+    }
   }
 
   notify(method, params) {
@@ -186,9 +229,15 @@ class Connection {
       const [, msgid, error, result] = message;
       const waiter = this.pending.get(msgid);
       this.pending.delete(msgid);
+      this.streams.delete(msgid);
       if (!waiter) return; // a late reply to an abandoned call: dropped
       if (error === null || error === undefined) waiter.resolve(result);
       else waiter.reject(new RemoteError(error.code, error.message, error.data));
+    } else if (type === ITEMS && this.version >= 2) {
+      // Items of a stream we no longer wait on are dropped (§12.4).
+      this.streams.get(message[1])?.push(message[2]);
+    } else if (type === CREDIT && this.version >= 2) {
+      // Only client and bidi streams are given credit; this client opens server streams.
     } else if (type === NOTIFICATION && message[1] === "goaway" && this.version >= 2) {
       const info = message[2]?.[0];
       this.goaway = {
@@ -206,6 +255,7 @@ class Connection {
     this.closedError = error;
     for (const waiter of this.pending.values()) waiter?.reject(error);
     this.pending.clear();
+    this.streams.clear();
   }
 }
 
@@ -268,6 +318,109 @@ function dial(host, port, version, timeoutMs, onNotification, onClose, tlsOption
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * A server stream (§12) as an async iterator: `for await (const item of
+ * client.stream("ticks", [5, 0.1])) { ... }`. It opens on its first next();
+ * credit is granted as the loop consumes items (a window, refilled when half
+ * of it was consumed), never merely as they arrive, so a slow loop slows the
+ * server's producer instead of filling memory. Leaving the loop early
+ * (break, return, throw) cancels the stream on the server. `result` holds
+ * the final response's result (nil for a server stream) once it has ended.
+ */
+export class ServerStream {
+  constructor(client, method, params, { window = STREAM_WINDOW, timeoutMs, signal } = {}) {
+    this.client = client;
+    this.method = method;
+    this.params = params;
+    this.window = window;
+    this.timeoutMs = timeoutMs;
+    this.signal = signal;
+    this.conn = null;
+    this.msgid = null;
+    this.buffer = [];
+    this.consumed = 0;
+    this.done = false;
+    this.error = null;
+    this.result = undefined;
+    this.wakeup = null; // resolves the next() waiting for something to happen
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  async next() {
+    if (this.conn === null) await this.open();
+    for (;;) {
+      if (this.buffer.length) {
+        const value = this.buffer.shift();
+        this.consumed += 1;
+        if (this.consumed >= Math.max(1, Math.floor(this.window / 2)) && !this.done) {
+          // Grant what was consumed (§12.3): the server may send that many more.
+          if (!this.conn.ended && !this.conn.closedError) {
+            this.conn.send([CREDIT, this.msgid, this.consumed]);
+          }
+          this.consumed = 0;
+        }
+        return { value, done: false };
+      }
+      if (this.done) {
+        if (this.error) throw this.error;
+        return { value: undefined, done: true };
+      }
+      await new Promise((resolve) => {
+        this.wakeup = resolve;
+      });
+    }
+  }
+
+  /** Called when a for-await loop is left early: cancel the stream on the server. */
+  async return() {
+    this.leave();
+    return { value: undefined, done: true };
+  }
+
+  async open() {
+    this.conn = true; // opening: next() does not open twice
+    if (this.signal?.aborted) throw this.signal.reason;
+    const deadline = this.timeoutMs === undefined ? Infinity : Date.now() + this.timeoutMs;
+    const conn = await this.client.connection(deadline);
+    this.conn = conn;
+    this.msgid = conn.openStream(this, { window: this.window, timeoutMs: this.timeoutMs });
+    this.signal?.addEventListener(
+      "abort",
+      () => {
+        this.leave();
+        this.finish(this.signal.reason, null);
+      },
+      { once: true },
+    );
+  }
+
+  leave() {
+    if (!this.done && this.conn && this.conn !== true) this.conn.leaveStream(this.msgid);
+  }
+
+  push(items) {
+    this.buffer.push(...items);
+    this.wake();
+  }
+
+  finish(error, result) {
+    if (this.done) return;
+    this.done = true;
+    this.error = error;
+    this.result = result;
+    this.wake();
+  }
+
+  wake() {
+    const wakeup = this.wakeup;
+    this.wakeup = null;
+    wakeup?.();
+  }
+}
+
+/**
  * A client of one server address (a server, or a load balancer in front of
  * many): calls go to its current connection, which it replaces when the
  * server says goaway or the connection is lost (with `reconnect`).
@@ -327,6 +480,17 @@ export class Client {
         throw error;
       }
     }
+  }
+
+  /**
+   * A server stream (§12) of `method` called with the array `params`, as an
+   * async iterator (see ServerStream). Options: `window` (the credit, 16 by
+   * default), `timeoutMs` (the whole call, sent as timeout_ms) and `signal`
+   * (an AbortSignal: on abort the stream is cancelled and the loop throws the
+   * signal's reason).
+   */
+  stream(method, params = [], options = {}) {
+    return new ServerStream(this, method, params, options);
   }
 
   /** Send a notification (§4.4): the server never answers it. */

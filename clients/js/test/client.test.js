@@ -118,3 +118,58 @@ test("a refused connection rejects, and a closed client fails its calls", async 
   other.close();
   await assert.rejects(pending, ConnectionClosed);
 });
+
+// --- server streams (§12) -------------------------------------------------------
+
+test("a server stream's request and credit match protocol.md's vectors", () => {
+  const request = [0, 1, "ticks", [3, 0], { stream: "server", credit: 2 }];
+  assert.deepEqual(encodeFrame(request), vector("request-server-stream"));
+  assert.deepEqual(encodeFrame([5, 1, 8]), vector("credit"));
+});
+
+test("a server stream is an async iterator, its result nil", async () => {
+  const stream = client.stream("ticks", [5, 0]);
+  const items = [];
+  for await (const item of stream) items.push(item);
+  assert.deepEqual(items, [0, 1, 2, 3, 4]);
+  assert.equal(stream.result, null);
+});
+
+test("credit is granted as items are consumed: a window of 2 carries 200 items", async () => {
+  const items = [];
+  for await (const item of client.stream("ticks", [200, 0], { window: 2 })) items.push(item);
+  assert.equal(items.length, 200);
+  assert.equal(items[199], 199);
+});
+
+test("leaving a stream early cancels it on the server", async () => {
+  const before = (await client.call("stats")).errors.cancelled ?? 0;
+  for await (const item of client.stream("ticks", [1000000, 0])) {
+    if (item === 2) break;
+  }
+  for (let i = 0; i < 200; i++) {
+    const stats = await client.call("stats");
+    if ((stats.errors.cancelled ?? 0) > before) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail("the server never saw the cancel");
+});
+
+test("a stream's error rejects the loop; an abort cancels it", async () => {
+  await assert.rejects(
+    async () => {
+      for await (const item of client.stream("sum")) assert.fail(`got ${item}`);
+    },
+    (error) => error instanceof RemoteError && error.code === "invalid_params",
+  );
+  const controller = new AbortController();
+  const items = [];
+  await assert.rejects(async () => {
+    for await (const item of client.stream("ticks", [10, 5], { signal: controller.signal })) {
+      items.push(item);
+      controller.abort(new Error("enough"));
+    }
+  }, /enough/);
+  assert.deepEqual(items, [0]);
+  assert.equal(await client.call("ping"), "pong");
+});

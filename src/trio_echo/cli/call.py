@@ -8,6 +8,11 @@ Exit codes: 0 success; 1 the server answered with an error (a timeout
 included), printed to stderr as ``CODE: MESSAGE``, then the error's ``data``
 as one line of JSON if it has any; 2 the connection failed
 (refused, lost, no hello), printed as one line without a traceback.
+
+``call --stream`` calls a streaming method (protocol version 2): it asks
+``methods()`` for the method's kind, prints a server's items one JSON line
+each as they come, and sends one item per line of standard input (JSON, else
+a string) to a client or bidi stream, then prints the result.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
 
 from .. import wire
-from ..client.blocking import BlockingClient, connect, connect_unix
-from ..errors import ConnectFailed, ConnectionClosed, RemoteError
+from ..client.blocking import BlockingClient, BlockingStream, connect, connect_unix
+from ..errors import ConnectFailed, ConnectionClosed, InvalidParams, RemoteError
 from .argtypes import port, positive_float
 from .client_options import add_transport_args, ssl_context_from_args
 
@@ -60,6 +67,13 @@ def configure(sub: Any) -> None:
         type=positive_float,
         metavar="SECONDS",
         help="deadline for the call, sent to the server as timeout_ms (default: none)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="call a streaming method (protocol version 2): print each item the server "
+        "sends as one line of JSON as it comes; a client or bidi stream sends one item per "
+        "line of standard input (JSON, else a string), then the result is printed",
     )
     p.add_argument("method", metavar="METHOD", help="the method to call, e.g. echo")
     p.add_argument("args", metavar="ARG", nargs="*", help="parameters (JSON, else a string)")
@@ -148,10 +162,70 @@ def _json_key(key: Any) -> Any:
 def run_call(args: argparse.Namespace) -> int:
     """``trio-echo call``; returns the exit status."""
     params = [parse_arg(a) for a in args.args]
+    if args.stream:
+        try:
+            status, _ = _request(args, lambda c: _call_stream(c, args, params))
+        except _OutputGone:
+            # The reader of our output left (`| head`): so do we, quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        return status
     status, result = _request(args, lambda c: c.call(args.method, *params, timeout=args.timeout))
     if status == 0:
         print(json.dumps(to_json(result), ensure_ascii=False))
     return status
+
+
+def _call_stream(client: BlockingClient, args: argparse.Namespace, params: list[Any]) -> None:
+    """``call --stream``: the method's kind from ``methods()``, then the stream."""
+    kinds = {
+        m.get("name"): m.get("kind", "unary") for m in client.call("methods") if isinstance(m, dict)
+    }
+    kind = kinds.get(args.method)
+    if kind is None:
+        client.call(args.method, *params)  # the server's own unknown_method answer
+        return
+    if kind not in ("server", "client", "bidi"):
+        raise InvalidParams(
+            f"{args.method} is a {kind} method, not a stream: call it without --stream"
+        )
+    with client.stream(args.method, *params, kind=kind, timeout=args.timeout) as stream:
+        if kind == "server":
+            _print_items(stream)
+            return
+        lines = (parse_arg(line.rstrip("\n")) for line in sys.stdin if line.strip())
+        if kind == "client":
+            _send_items(stream, lines)
+            result = stream.finish()
+        else:
+            # Items come back while stdin is read: the sending runs in a thread of its own.
+            sender = threading.Thread(target=_send_items, args=(stream, lines), daemon=True)
+            sender.start()
+            _print_items(stream)
+            result = stream.result
+        if result is not None or kind == "client":
+            print(json.dumps(to_json(result), ensure_ascii=False), flush=True)
+
+
+class _OutputGone(Exception):
+    """Standard output was closed by its reader (``| head``): not a connection error."""
+
+
+def _print_items(stream: BlockingStream) -> None:
+    try:
+        for item in stream:
+            print(json.dumps(to_json(item), ensure_ascii=False), flush=True)
+    except BrokenPipeError:
+        raise _OutputGone from None  # leaving the stream's block cancels it
+
+
+def _send_items(stream: BlockingStream, items: Iterable[Any]) -> None:
+    try:
+        for item in items:
+            stream.send(item)
+    except (RemoteError, ConnectionClosed):
+        return  # the stream ended: its own error is reported by the reading side
+    stream.end()
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -166,7 +240,9 @@ def run_methods(args: argparse.Namespace) -> int:
     width = max((len(str(m.get("name"))) for m in rows), default=0)
     for m in rows:
         doc = str(m.get("doc") or "").strip().splitlines()
-        print(f"{m.get('name')!s:<{width}}  {doc[0] if doc else ''}".rstrip())
+        kind = m.get("kind", "unary")
+        shown = ("" if kind == "unary" else f"[{kind} stream] ") + (doc[0] if doc else "")
+        print(f"{m.get('name')!s:<{width}}  {shown}".rstrip())
     return 0
 
 

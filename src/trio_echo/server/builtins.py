@@ -50,7 +50,7 @@ def builtin_service(
         return methods()
 
     async def ticks(n: int, interval_s: float) -> AsyncIterator[int]:
-        """Server stream of 0 to n-1, one item every interval_s seconds (0 to 60)."""
+        """0 to n-1, one item every interval_s seconds (0 to 60)."""
         if not 0 <= n <= wire.MAX_CREDIT:
             raise InvalidParams(f"ticks: n must be between 0 and {wire.MAX_CREDIT}")
         if not 0 <= interval_s <= MAX_SLEEP_S or math.isnan(interval_s):
@@ -61,7 +61,7 @@ def builtin_service(
             yield i
 
     async def sum_(numbers: ItemReceiver[float]) -> float:
-        """Client stream: the sum of the numbers received (0 for none)."""
+        """The sum of the numbers received (0 for none)."""
         total: float = 0
         async for number in numbers:
             if type(number) not in (int, float):
@@ -70,7 +70,7 @@ def builtin_service(
         return total
 
     async def echo_stream(items: ItemReceiver[Any]) -> AsyncIterator[Any]:
-        """Bidirectional stream: each item received is sent back."""
+        """Each item received is sent back."""
         async for item in items:
             yield item
 
