@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 from .. import wire
 from ..bench.runner import BenchConfig, Progress, format_report, run_bench
+from ..bench.stream import format_stream_report, run_stream_bench
+from ..server.builtins import MAX_TICK_SIZE
 from .argtypes import port
 from .call import from_json, to_json
 from .client_options import add_transport_args, tls_options
@@ -37,7 +39,11 @@ def configure(sub: Any) -> None:
     )
     p.add_argument("-c", "--connections", type=int, default=50, help="concurrent connections")
     p.add_argument(
-        "-P", "--pipeline", type=int, default=1, help="requests in flight per connection"
+        "-P",
+        "--pipeline",
+        type=int,
+        default=None,
+        help="requests in flight per connection (default 1; 32 with --stream)",
     )
     p.add_argument(
         "--size",
@@ -79,10 +85,52 @@ def configure(sub: Any) -> None:
     )
     add_transport_args(p)
     p.add_argument(
+        "--stream",
+        action="store_true",
+        help="protocol version 2 streams: on one connection, the items/s of a server stream"
+        " of --size-byte items (the built-in ticks) against the rate of unary echo calls with"
+        " --pipeline calls in flight (--connections, --workers, --method do not apply)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="with --stream: the credit the stream's client grants (refilled at half)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the report"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(run=run)
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    """``bench --stream`` (see :mod:`trio_echo.bench.stream`)."""
+    if args.unix or tls_options(args) is not None or args.mode != "framed":
+        print("trio-echo bench: --stream measures plain TCP, framed mode", file=sys.stderr)
+        return 2
+    if not (0 <= args.size <= MAX_TICK_SIZE and args.window >= 1 and args.duration > 0):
+        print(
+            f"trio-echo bench: --stream needs --size from 0 to {MAX_TICK_SIZE}, --window >= 1"
+            " and --duration > 0",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = run_stream_bench(
+            args.host,
+            args.port,
+            size=args.size,
+            pipeline=32 if args.pipeline is None else args.pipeline,
+            window=args.window,
+            duration=args.duration,
+            warmup=args.warmup,
+        )
+    except (OSError, RuntimeError) as exc:
+        print(f"trio-echo bench: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json()) if args.json else format_stream_report(report))
+    return 0
 
 
 def _params(text: str) -> tuple[Any, ...]:
@@ -127,13 +175,15 @@ class _ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 0 if requests completed without errors, else 1."""
+    if args.stream:
+        return _run_stream(args)
     try:
         cfg = BenchConfig(
             host=args.host,
             port=args.port,
             mode=args.mode,
             connections=args.connections,
-            pipeline=args.pipeline,
+            pipeline=1 if args.pipeline is None else args.pipeline,
             size=args.size,
             duration=args.duration,
             warmup=args.warmup,

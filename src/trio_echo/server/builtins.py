@@ -12,10 +12,12 @@ from .. import wire
 from ..errors import InvalidParams
 from .service import ItemReceiver, Service
 
-__all__ = ["MAX_SLEEP_S", "MONITORING", "builtin_service"]
+__all__ = ["MAX_SLEEP_S", "MAX_TICK_SIZE", "MONITORING", "builtin_service"]
 
 #: Upper bound of the ``sleep`` built-in, in seconds.
 MAX_SLEEP_S = 60.0
+#: Upper bound of the ``ticks`` built-in's item size, in bytes.
+MAX_TICK_SIZE = 65536
 #: Built-ins answered even at max_requests, so that monitoring never goes dark
 #: (as FbThrift's methodsBypassMaxRequestsLimit). No user method can take these names.
 MONITORING = frozenset({"ping", "stats", "methods"})
@@ -49,16 +51,25 @@ def builtin_service(
         """A {"name", "doc", "kind"} map for every method this server serves."""
         return methods()
 
-    async def ticks(n: int, interval_s: float) -> AsyncIterator[int]:
-        """0 to n-1, one item every interval_s seconds (0 to 60)."""
+    async def ticks(n: int, interval_s: float, size: int = 0) -> AsyncIterator[int | bytes]:
+        """0 to n-1, one item every interval_s seconds (0 to 60); with size, each item is
+        size bytes instead (its number in the first 8), for benchmarks."""
         if not 0 <= n <= wire.MAX_CREDIT:
             raise InvalidParams(f"ticks: n must be between 0 and {wire.MAX_CREDIT}")
         if not 0 <= interval_s <= MAX_SLEEP_S or math.isnan(interval_s):
             raise InvalidParams(f"ticks: interval_s must be between 0 and {MAX_SLEEP_S:g}")
+        if not 0 <= size <= MAX_TICK_SIZE:
+            raise InvalidParams(f"ticks: size must be between 0 and {MAX_TICK_SIZE}")
+        pad = bytes(max(size - 8, 0))
         for i in range(n):
             if i and interval_s:
                 await trio.sleep(interval_s)
-            yield i
+            if not size:
+                yield i
+            elif size >= 8:
+                yield i.to_bytes(8, "big") + pad
+            else:
+                yield i.to_bytes(8, "big")[:size]
 
     async def sum_(numbers: ItemReceiver[float]) -> float:
         """The sum of the numbers received (0 for none)."""

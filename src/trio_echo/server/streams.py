@@ -401,47 +401,68 @@ class Streams:
         return gatherer.items
 
     async def _produce(self, stream: ServerStream, agen: AsyncGenerator[Any, None]) -> None:
-        """Drive a generator: ask for an item only with a credit for it; batch what is ready."""
+        """Drive a generator: ask for an item only with a credit for it; batch what is ready.
+
+        The inner loop takes the items the generator has ready at once, while
+        credits last, with the credit counted in a local: only the reading task
+        adds credit, and it runs only when this one yields (every ``await``
+        below writes the count back first).
+        """
         pack = self.ctx.pack
+        anext = agen.__anext__
         batch: list[bytes] = []
+        append = batch.append
         size = 0
         try:
             while True:
-                if not stream.send_credit:
+                credit = stream.send_credit
+                if not credit:
                     if batch:
                         self._send_items(stream, batch)
-                        batch, size = [], 0
+                        batch.clear()
+                        size = 0
                     await self._wait_credit(stream)
-                step = agen.__anext__()
-                try:
-                    trap = step.send(None)
-                except StopIteration as done:
-                    item = done.value
-                except StopAsyncIteration:
-                    break
-                else:
-                    # The generator is about to block: what is ready leaves first.
-                    if batch:
-                        self._send_items(stream, batch)
-                        batch, size = [], 0
-                        self._push()
+                    continue
+                step = None
+                while credit:
+                    step = anext()
                     try:
-                        item = await _step(step, trap)
-                    except StopAsyncIteration:
+                        trap = step.send(None)
+                    except StopIteration as done:
+                        item = done.value
+                        step = None
+                    else:
+                        break  # about to block: the slow path below
+                    try:
+                        data = pack(item)
+                    except Exception as exc:
+                        raise _unencodable(exc) from exc
+                    append(data)
+                    size += len(data)
+                    credit -= 1
+                    if size >= BATCH_BYTES:
                         break
+                stream.send_credit = credit
+                if batch and (step is not None or size >= BATCH_BYTES):
+                    # Blocking, or a full batch: what is ready leaves first.
+                    self._send_items(stream, batch)
+                    batch.clear()
+                    size = 0
+                    self._push()
+                if step is None:
+                    if size == 0 and self.outbox and self._backed_up():
+                        await self._make_room()
+                    continue
+                item = await _step(step, trap)
                 try:
                     data = pack(item)
                 except Exception as exc:
-                    raise InternalError(
-                        f"an item cannot be encoded as msgpack: {wire.bounded(str(exc), 200)}"
-                    ) from exc
-                batch.append(data)
+                    raise _unencodable(exc) from exc
+                append(data)
                 size += len(data)
                 stream.send_credit -= 1
-                if size >= BATCH_BYTES:
-                    self._send_items(stream, batch)
-                    batch, size = [], 0
-                    await self._make_room()
+        except StopAsyncIteration:
+            pass  # the generator is done: the response follows the items
         finally:
             if batch:
                 self._send_items(stream, batch)  # k items, then the error (or cancel)
@@ -599,6 +620,10 @@ class Streams:
 
 
 _TOO_MUCH_CREDIT: Final = f"more than {wire.MAX_CREDIT} credits outstanding"
+
+
+def _unencodable(exc: Exception) -> InternalError:
+    return InternalError(f"an item cannot be encoded as msgpack: {wire.bounded(str(exc), 200)}")
 
 
 @types.coroutine
