@@ -6,6 +6,9 @@ server from Python, all doing the same unary echo of ``--size`` bytes:
 * ``bare``: a plain blocking socket, ``sendall`` a framed request, ``recv``
   the framed reply, decode it: the least any Python caller can do per call,
   the baseline of the sequential kinds;
+* ``bare-trio``: the same exchange from one Trio task (``os.write``, then
+  ``wait_readable`` and ``os.read``): the least a Trio caller can do, since
+  waiting for a reply costs it one trip through Trio's scheduler;
 * ``async``: one Trio task calling ``await client.call("echo", payload)`` in a loop;
 * ``blocking``: one thread calling ``client.call("echo", payload)`` in a loop;
 * ``async-concurrent``: ``--tasks`` Trio tasks sharing one ``open_client`` connection;
@@ -36,6 +39,7 @@ from typing import Any
 
 KINDS = (
     "bare",
+    "bare-trio",
     "async",
     "blocking",
     "async-concurrent",
@@ -49,11 +53,27 @@ PREAMBLE = b"\x00TECHO\x00\x01"
 
 #: The client's CPU seconds at the start and the end of the measured window.
 WINDOW_CPU = [0.0, 0.0]
+#: The same for the server (``--server-pid``), when given.
+SERVER_CPU = [0.0, 0.0]
+SERVER_PID = [0]
 
 
-def cpu_s() -> float:
+def mark(i: int) -> None:
+    """Note the CPU seconds at the start (0) or the end (1) of the measured window."""
     t = os.times()
-    return t.user + t.system
+    WINDOW_CPU[i] = t.user + t.system
+    if SERVER_PID[0]:
+        SERVER_CPU[i] = process_cpu_s(SERVER_PID[0])
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process, from /proc (0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_loop(call: Callable[[], None], warmup: float, duration: float) -> tuple[int, float]:
@@ -62,7 +82,7 @@ def timed_loop(call: Callable[[], None], warmup: float, duration: float) -> tupl
     while time.perf_counter() < end:
         call()
     n = 0
-    WINDOW_CPU[0] = cpu_s()
+    mark(0)
     t0 = time.perf_counter()
     end = t0 + duration
     while True:
@@ -71,7 +91,7 @@ def timed_loop(call: Callable[[], None], warmup: float, duration: float) -> tupl
         n += 16
         now = time.perf_counter()
         if now >= end:
-            WINDOW_CPU[1] = cpu_s()
+            mark(1)
             return n, now - t0
 
 
@@ -124,6 +144,43 @@ def run_bare(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
         sock.close()
 
 
+def run_bare_trio(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
+    """The ``bare`` exchange from one Trio task: one ``wait_readable`` per reply."""
+    import msgpack
+    import trio
+
+    sock = bare_socket(args.port)
+    sock.setblocking(False)
+    fd = sock.fileno()
+    packb, unpackb = msgpack.packb, msgpack.unpackb
+    buf = bytearray()
+    msgid = [0]
+
+    async def call(method: str, data: bytes) -> Any:
+        msgid[0] += 1
+        body = packb([0, msgid[0], method, [data]])
+        os.write(fd, struct.pack(">I", len(body)) + body)
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            buf.extend(os.read(fd, 65536))
+            if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                break
+        n = 4 + int.from_bytes(buf[:4], "big")
+        reply = unpackb(bytes(buf[4:n]))
+        del buf[:n]
+        if reply[1] != msgid[0] or reply[2] is not None:
+            raise RuntimeError(f"bad reply {reply!r}")
+        return reply[3]
+
+    async def main() -> tuple[int, float]:
+        return await counted(call, args, payload, 1)
+
+    try:
+        return trio.run(main)
+    finally:
+        sock.close()
+
+
 def run_bare_concurrent(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
     """``--tasks`` requests kept in flight on one plain socket, one thread."""
     import msgpack
@@ -167,8 +224,8 @@ def run_bare_concurrent(args: argparse.Namespace, payload: bytes) -> tuple[int, 
             t = time.perf_counter()
             if not counting_from and t >= start:
                 counting_from, start = done, t
-                WINDOW_CPU[0] = cpu_s()
-        WINDOW_CPU[1] = cpu_s()
+                mark(0)
+        mark(1)
         return done - counting_from, t - start
     finally:
         sock.close()
@@ -202,11 +259,16 @@ def run_async(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
 
 
 async def counted(
-    call: Callable[..., Any], args: argparse.Namespace, payload: bytes, tasks: int | None
+    call: Callable[..., Any],
+    args: argparse.Namespace,
+    payload: bytes,
+    tasks: int | None,
+    loop: str = "trio",
 ) -> tuple[int, float]:
-    """``tasks`` (or ``--tasks``) Trio tasks calling in a loop: (calls in the window, seconds)."""
-    import trio
+    """``tasks`` (or ``--tasks``) tasks calling in a loop: (calls in the window, seconds).
 
+    ``loop``: the tasks are Trio's (a nursery) or asyncio's (``gather``).
+    """
     count = [0]
     t0 = time.perf_counter()
     start, end = t0 + args.warmup, t0 + args.warmup + args.duration
@@ -222,17 +284,24 @@ async def counted(
             if now >= start:
                 if not window:
                     window.append(now)
-                    WINDOW_CPU[0] = cpu_s()
+                    mark(0)
                     count[0] = 0
                 if now >= end:
                     if WINDOW_CPU[1] < WINDOW_CPU[0]:
-                        WINDOW_CPU[1] = cpu_s()
+                        mark(1)
                     return
             count[0] += 8
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(tasks or args.tasks):
-            nursery.start_soon(caller)
+    if loop == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks or args.tasks):
+                nursery.start_soon(caller)
+    else:
+        import asyncio
+
+        await asyncio.gather(*(caller() for _ in range(tasks or args.tasks)))
     return count[0], time.perf_counter() - window[0]
 
 
@@ -248,31 +317,12 @@ def run_grpc(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{args.port}") as channel:
             echo = channel.unary_unary("/trio_echo.bench.Echo/Echo")
             await echo(payload)
+
+            async def call(method: str, data: bytes) -> Any:
+                return await echo(data)
+
             tasks = 1 if args.kind == "grpc" else args.tasks
-            count = [0]
-            t0 = time.perf_counter()
-            start, end = t0 + args.warmup, t0 + args.warmup + args.duration
-            window: list[float] = []
-
-            async def caller() -> None:
-                while True:
-                    for _ in range(4):
-                        if await echo(payload) != payload:
-                            raise RuntimeError("bad reply")
-                    now = time.perf_counter()
-                    if now >= start:
-                        if not window:
-                            window.append(now)
-                            WINDOW_CPU[0] = cpu_s()
-                            count[0] = 0
-                        if now >= end:
-                            if WINDOW_CPU[1] < WINDOW_CPU[0]:
-                                WINDOW_CPU[1] = cpu_s()
-                            return
-                    count[0] += 4
-
-            await asyncio.gather(*(caller() for _ in range(tasks)))
-            return count[0], time.perf_counter() - window[0]
+            return await counted(call, args, payload, tasks, loop="asyncio")
 
     return asyncio.run(main())
 
@@ -300,9 +350,21 @@ def run_peer(args: argparse.Namespace, payload: bytes) -> tuple[int, float]:
         from aiorpc import RPCClient as AClient  # type: ignore[import-not-found]
 
         async def main() -> tuple[int, float]:
+            import msgpack
+            from aiorpc.connection import Connection  # type: ignore[import-not-found]
+
             aclient = AClient("127.0.0.1", args.port)
+            # Its own connect passes loop= to asyncio.open_connection, which Python 3.10
+            # removed: connect for it, as it would, and hand it the streams.
+            reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+            aclient._conn = Connection(reader, writer, msgpack.Unpacker(raw=False, use_list=False))
+
+            async def call(method: str, data: bytes) -> bytes:
+                check(await aclient.call(method, data), data)  # it may answer a str
+                return data
+
             try:
-                return await counted(aclient.call, args, payload, 1)  # type: ignore[arg-type]
+                return await counted(call, args, payload, 1, loop="asyncio")
             finally:
                 aclient.close()
 
@@ -318,6 +380,7 @@ def check(result: Any, payload: bytes) -> None:
 RUNNERS: dict[str, Callable[[argparse.Namespace, bytes], tuple[int, float]]] = {
     "bare": run_bare,
     "bare-concurrent": run_bare_concurrent,
+    "bare-trio": run_bare_trio,
     "async": run_async,
     "async-concurrent": run_async,
     "blocking": run_blocking,
@@ -336,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--peer", default="", help="mprpc-peer: mprpc, msgpackrpc or aiorpc")
+    p.add_argument("--server-pid", type=int, default=0, help="report this process's CPU too")
     args = p.parse_args(argv)
+    SERVER_PID[0] = args.server_pid
     payload = bytes(range(256)) * (args.size // 256) + bytes(range(args.size % 256))
     if args.kind == "mprpc-peer":
         payload = b"x" * args.size  # the peers may answer bytes as str
@@ -351,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "client_cpu_us_per_call": round(1e6 * cpu / max(calls, 1), 1),
         "client_cpu_pct": round(100 * cpu / seconds, 1),
     }
+    if args.server_pid:  # the server's CPU in the same window, in % of one CPU
+        out["server_cpu_pct"] = round(100 * (SERVER_CPU[1] - SERVER_CPU[0]) / seconds, 1)
     print(json.dumps(out))
     return 0
 

@@ -1,34 +1,40 @@
-"""Compare trio_echo with a bare Trio echo server, scenario by scenario; and its clients.
+"""Compare trio_echo with a bare Trio echo server and the alternatives; and its clients.
 
 Starts ``python -m trio_echo serve`` (with ``app.py`` for the ``async def``
-method) and ``bare_echo.py``, then drives every scenario with ``trio-echo
-bench`` against each server in turn, alternating their order from one
-repetition to the next so that the machine's drift hits both. The baseline is
-benched in raw mode with the same connections, pipeline depth and size, so for
-an RPC scenario the ratio says how close trio_echo gets to plain echo.
+method) and ``bare_echo.py``, then drives every scenario against each server in
+turn, alternating their order from one repetition to the next so that the
+machine's drift hits all of them. The bare echo is driven in raw mode with the
+same connections, pipeline depth and size, so for an RPC scenario the ratio
+says how close trio_echo gets to plain echo.
+
+The load is ``trio-echo bench`` (Python; often the limit itself), or with
+``--kit DIR`` (a set-up copy of the shared bench kit) its C load generator, so
+that the server is the limit; the kit also adds the Trio RPC floor and the
+Python msgpack-rpc peers, servers and clients.
 
 With ``taskset`` and two or more CPUs, the servers run on CPU 0 and the load
-generator on CPU 1. Writes ``results.md`` (a Markdown table), ``results.json``
-and ``results.png`` (requests/s by scenario; needs matplotlib, the ``bench``
-extra), and prints the ratios.
+on CPU 1. Writes ``results.md`` (a Markdown table), ``results.json`` and
+``results.png`` (needs matplotlib, the ``bench`` extra), and prints the ratios.
 
     python benchmarks/run.py                   # about 4 minutes
     python benchmarks/run.py --quick           # a smoke test (results go to a temp folder)
+    python benchmarks/run.py --kit ../bench --client-src ../old/src --update-readme
     python benchmarks/run.py --extra 'floor:framed:python floor.py --framed --port {port}'
     python benchmarks/run.py --only clients --client-src ../old/src   # clients: old vs new
 
 The client scenarios (``benchmarks/clients.py``, run in a process of their own
-on CPU 1 against the same trio_echo server) set each of trio_echo's clients
-beside a bare Python socket loop doing the same framed exchange, and beside
-gRPC (``benchmarks/grpc_echo.py``, its own client and server, when ``grpcio``
-is installed): what a user would otherwise pick. ``--client-src`` adds the
-same runs with another checkout's ``trio_echo`` (its ``src`` folder), for a
-before/after in one run.
+on CPU 1, each client calling its own server) set each of trio_echo's clients
+beside a bare Python socket loop doing the same framed exchange, a bare Trio
+loop, and the alternatives with their own client and server: gRPC
+(``benchmarks/grpc_echo.py``, when ``grpcio`` is installed) and the msgpack-rpc
+peers (``--kit``). ``--client-src`` adds the same runs with another checkout's
+``trio_echo`` (its ``src`` folder), for a before/after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -69,37 +75,57 @@ class Scenario:
     size: int = 64
     method: str = "echo"
     unit: str = "req/s"  # or "MB/s": the figure the ratio is taken on
+    chart: bool = True  # False: a latency figure (one request in flight), not in the chart
 
 
 @dataclass(frozen=True)
 class ClientScenario:
-    """Calls made by one kind of client (benchmarks/clients.py), beside a baseline kind."""
+    """Calls made by one kind of client (benchmarks/clients.py) to its own server."""
 
     name: str
+    short: str  # its name on the chart
     kind: str
-    baseline: str  # the bare socket loop doing the same, or "" for none
-    server: str = "trio_echo"  # or "grpc"
+    baseline: str = ""  # the bare loop run beside it (its kind), or "" for none
+    server: str = "trio_echo"  # the label of the server it calls
+    group: str = "one"  # "one": one caller calling in a loop; "many": 100 at once
+    versus: str = ""  # an alternative: the kind of trio_echo client it is set beside
+    python: str = ""  # the interpreter to run it with (a peer's venv); "" = this one
+    peer: str = ""  # for the mprpc-peer kind: which peer's client
 
+
+#: Kinds whose trio_echo ``--client-src`` can swap (the clients under test).
+OUR_KINDS = ("async", "blocking", "async-concurrent")
 
 CLIENT_SCENARIOS = [
-    ClientScenario("async client, one task calling in a loop", "async", "bare"),
-    ClientScenario("blocking client, one thread calling in a loop", "blocking", "bare"),
-    ClientScenario(
-        "async client, 100 tasks on one connection", "async-concurrent", "bare-concurrent"
-    ),
-    ClientScenario("gRPC (grpc.aio), one caller in a loop", "grpc", "", "grpc"),
-    ClientScenario("gRPC (grpc.aio), 100 callers on one channel", "grpc-concurrent", "", "grpc"),
-]
+    ClientScenario("bare Trio loop, one task (wait_readable per call)", "bare Trio loop",
+                   "bare-trio", "bare"),
+    ClientScenario("async client, one task calling in a loop", "trio_echo async", "async",
+                   "bare"),
+    ClientScenario("blocking client, one thread calling in a loop", "trio_echo blocking",
+                   "blocking", "bare"),
+    ClientScenario("async client, 100 tasks on one connection", "trio_echo async, 100 tasks",
+                   "async-concurrent", "bare-concurrent", group="many"),
+    ClientScenario("gRPC (grpc.aio), one caller in a loop", "gRPC (grpc.aio)", "grpc",
+                   server="grpc", versus="async"),
+    ClientScenario("gRPC (grpc.aio), 100 callers on one channel", "gRPC, 100 callers",
+                   "grpc-concurrent", server="grpc", group="many", versus="async-concurrent"),
+]  # fmt: skip
 
 SCENARIOS = [
     Scenario("raw c50 d1 64 B", "raw", 50, 1),
     Scenario("raw c4 d4 64 KiB", "raw", 4, 4, 65536, unit="MB/s"),
-    Scenario("framed echo c1 d1", "framed", 1, 1),
+    Scenario("framed echo c1 d1", "framed", 1, 1, chart=False),
     Scenario("framed echo c50 d1", "framed", 50, 1),
     Scenario("framed echo c50 d16", "framed", 50, 16),
+    Scenario("mprpc echo c50 d1", "mprpc", 50, 1),
     Scenario("mprpc echo c50 d16", "mprpc", 50, 16),
     Scenario("framed aecho (async def) c50 d16", "framed", 50, 16, method="aecho"),
 ]
+
+#: The label of the raw echo baseline (benchmarks/bare_echo.py).
+BARE = "bare trio echo"
+#: The label of the shared kit's Trio RPC floor (``--kit``).
+FLOOR = "Trio RPC floor"
 
 
 @dataclass
@@ -142,19 +168,21 @@ def start(server: Server, pin: list[str]) -> None:
     server.port = free_port()
     argv = [a.replace("{port}", str(server.port)) for a in server.argv]
     env = {**os.environ, **server.env}
-    server.proc = subprocess.Popen(
-        pin + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            err = server.proc.stderr.read().decode(errors="replace") if server.proc.stderr else ""
-            raise SystemExit(f"{server.label} exited at start:\n{err}")
-        try:
-            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
+    # Its stderr goes to a file, never a pipe nobody reads: a server that logs every
+    # reset connection (some peers do) would block once a pipe's buffer is full.
+    with tempfile.TemporaryFile() as log:
+        server.proc = subprocess.Popen(pin + argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                log.seek(0)
+                err = log.read().decode(errors="replace")
+                raise SystemExit(f"{server.label} exited at start:\n{err}")
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
     stop(server)
     raise SystemExit(f"{server.label} did not listen on port {server.port}")
 
@@ -192,7 +220,9 @@ def busy_seconds() -> float:
 
 
 def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
-    """One ``trio-echo bench`` run (its engine, called in-process); adds the server's CPU use."""
+    """One run of the load (the C load generator, or ``trio-echo bench``) against a server."""
+    if args.loadgen:
+        return loadgen(server, sc, args)
     cfg = BenchConfig(
         port=server.port,
         mode=server.mode_for(sc),
@@ -217,6 +247,44 @@ def bench(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, A
     return result
 
 
+def loadgen(server: Server, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of the shared kit's C load generator, in ``trio-echo bench``'s result shape.
+
+    It is a single epoll thread in C, far cheaper per request than any Python
+    server, so what it measures is the server (``client_bound`` says if not).
+    """
+    assert server.proc is not None
+    argv = [str(args.loadgen), "--port", str(server.port), "--mode", server.mode_for(sc),
+            "--conns", str(sc.connections), "--depth", str(sc.pipeline), "--size", str(sc.size),
+            "--method", server.method_for(sc), "--duration", f"{args.duration:g}",
+            "--warmup", f"{args.warmup:g}", "--server-pid", str(server.proc.pid)]  # fmt: skip
+    busy0, t0 = busy_seconds(), time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60 + 2 * args.duration)
+    busy1, t1 = busy_seconds(), time.monotonic()
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"  loadgen failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        out = {"requests": 0, "req_per_s": 0.0, "mb_per_s": 0.0, "errors": 1, "dead_conns": 0}
+    server_cpu = max(float(out.get("server_cpu_pct", 0.0)), 0.0)
+    client_cpu = float(out.get("client_cpu_pct", 0.0))
+    busy = 100 * (busy1 - busy0) / (t1 - t0)
+    return {
+        "load": "loadgen",
+        "requests": out["requests"],
+        "req_per_s": out["req_per_s"],
+        "mb_per_s": out["mb_per_s"],
+        "latency_us": {"p50": out["p50_us"], "p99": out["p99_us"]} if out["requests"] else {},
+        "errors": out["errors"] + out["dead_conns"],
+        "client_cpu_pct": client_cpu,
+        # One C thread: it is the limit only when it uses its whole CPU.
+        "client_bound": client_cpu >= 90.0,
+        "server_cpu_pct": server_cpu,
+        "other_cpu_pct": round(max(0.0, busy - server_cpu - client_cpu), 1),
+        "cpu_steal_pct": out.get("cpu_steal_pct", []),
+    }
+
+
 def figure(sc: Scenario, r: dict[str, Any]) -> float:
     return float(r["mb_per_s"] if sc.unit == "MB/s" else r["req_per_s"])
 
@@ -232,11 +300,12 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def idle_memory(server: Server, n: int, mode: str) -> dict[str, Any]:
+def idle_memory(server: Server, n: int, mode: str, later_s: float) -> dict[str, Any]:
     """Open ``n`` connections with one request each, hold them: RSS per connection.
 
     ``mode`` framed: the preamble and one ``ping``; mprpc: one ``ping``; raw:
-    one byte. RSS is sampled 0.5 s after the last reply.
+    one byte. RSS is sampled 0.5 s after the last reply, and again ``later_s``
+    after that.
     """
     assert server.proc is not None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -275,6 +344,10 @@ def idle_memory(server: Server, n: int, mode: str) -> dict[str, Any]:
         open_s = time.monotonic() - t0
         time.sleep(0.5)
         after = rss_kb(server.proc.pid)
+        # Later, once the server's reaper has had a quiet tick (it frees a quiet
+        # msgpack-rpc decoder's buffers then; what the allocator returns is seen).
+        time.sleep(later_s)
+        later = rss_kb(server.proc.pid)
     finally:
         for sock in socks:
             sock.close()
@@ -285,20 +358,31 @@ def idle_memory(server: Server, n: int, mode: str) -> dict[str, Any]:
         "rss_before_kb": before,
         "rss_after_kb": after,
         "kb_per_conn": round((after - before) / n, 2),
+        "kb_per_conn_later": round((later - before) / n, 2),
+        "later_s": later_s + 0.5,
         "errors": errors,
     }
 
 
 def client_run(
-    sc: ClientScenario, kind: str, port: int, args: argparse.Namespace, src: str | None
+    sc: ClientScenario, kind: str, server: Server, args: argparse.Namespace, src: str | None
 ) -> dict[str, Any]:
     """One run of benchmarks/clients.py (a process of its own; ``src``: whose trio_echo)."""
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    argv = [sys.executable, str(HERE / "clients.py"), kind, "--port", str(port),
-            "--duration", str(args.duration), "--warmup", str(args.warmup)]  # fmt: skip
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert server.proc is not None
+    argv = [sc.python or sys.executable, str(HERE / "clients.py"), kind, "--port",
+            str(server.port), "--duration", str(args.duration), "--warmup", str(args.warmup),
+            "--server-pid", str(server.proc.pid)]  # fmt: skip
+    if sc.peer:
+        argv += ["--peer", sc.peer]
+    try:
+        limit = 60 + 2 * (args.warmup + args.duration)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        print(f"  {kind}: did not finish in {limit:g} s", file=sys.stderr)
+        return {"kind": kind, "calls_per_s": 0.0, "errors": 1}
     if proc.returncode != 0:
         print(f"  {kind}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return {"kind": kind, "calls_per_s": 0.0, "errors": 1}
@@ -308,30 +392,33 @@ def client_run(
 
 
 def run_clients(
-    scenarios: list[ClientScenario], ports: dict[str, int], args: argparse.Namespace
+    scenarios: list[ClientScenario], servers: dict[str, Server], args: argparse.Namespace
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """results[scenario][label] = a run per repetition; labels: "client", "baseline", "old"."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rep in range(args.reps):
         for sc in scenarios:
-            if sc.server not in ports:
+            if sc.server not in servers:
                 continue
             runs: list[tuple[str, str, str | None]] = [("client", sc.kind, None)]
             if sc.baseline:
                 runs.append(("baseline", sc.baseline, None))
-            if args.client_src and sc.server == "trio_echo":
+            if args.client_src and sc.kind in OUR_KINDS:
                 runs.append(("old", sc.kind, args.client_src))
             k = rep % len(runs)
             for label, kind, src in runs[k:] + runs[:k]:  # alternate the order
-                r = client_run(sc, kind, ports[sc.server], args, src)
+                r = client_run(sc, kind, servers[sc.server], args, src)
                 results.setdefault(sc.name, {}).setdefault(label, []).append(r)
-                line = f"{sc.name:46} {label:8} {r['calls_per_s']:>10,.0f} calls/s"
+                line = f"{sc.name:52} {label:8} {r['calls_per_s']:>10,.0f} calls/s"
                 print(f"  rep {rep + 1}  {line}", file=sys.stderr)
     return results
 
 
 def run_all(
-    servers: list[Server], scenarios: list[Scenario], args: argparse.Namespace
+    servers: list[Server],
+    scenarios: list[Scenario],
+    client_scenarios: list[ClientScenario],
+    args: argparse.Namespace,
 ) -> tuple[
     dict[str, dict[str, list[dict[str, Any]]]],
     dict[str, dict[str, Any]],
@@ -342,29 +429,30 @@ def run_all(
     results: dict[str, dict[str, list[dict[str, Any]]]] = {sc.name: {} for sc in scenarios}
     idle: dict[str, dict[str, Any]] = {}
     clients: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    client_scenarios = [c for c in CLIENT_SCENARIOS if re.search(args.only, "clients " + c.name)]
     grpc = Server("grpc", [sys.executable, str(HERE / "grpc_echo.py"), "--port", "{port}"], ())
     with_grpc = any(c.server == "grpc" for c in client_scenarios) and has_grpc()
+    everyone = [*servers, grpc] if with_grpc else servers
+    main, bare = servers[0], next((s for s in servers if s.label == BARE), None)
     affinity = os.sched_getaffinity(0)
     try:
-        for s in [*servers, grpc] if with_grpc else servers:
+        for s in everyone:
             start(s, pin)
         if pin:
-            os.sched_setaffinity(0, {1})  # the bench workers inherit it
+            os.sched_setaffinity(0, {1})  # the load (bench workers, loadgen, clients) inherits it
         # Fresh servers (nothing freed to reuse yet): trio_echo holds framed, msgpack-rpc
         # and raw connections (each kind on a fresh server), the bare echo raw ones.
-        for s, mode in [(servers[0], "framed"), (servers[1], "raw")] if args.idle else []:
-            r = idle_memory(s, args.idle, mode)
+        for s, mode in [(main, "framed"), *([(bare, "raw")] if bare else [])] if args.idle else []:
+            r = idle_memory(s, args.idle, mode, args.idle_later)
             idle[s.label] = r
-            line = f"idle x {args.idle:<27} {s.label:16} {r['kb_per_conn']:>12,.1f} KB/conn"
+            line = f"idle x {args.idle:<27} {s.label:16} {r['kb_per_conn']:>12,.1f} KiB/conn"
             print(f"         {line}  errors {r['errors']}", file=sys.stderr)
-        for mode in ("mprpc", "raw") if args.idle and servers[0].own_methods else ():
-            stop(servers[0])
-            start(servers[0], pin)
-            r = idle_memory(servers[0], args.idle, mode)
-            idle[f"{servers[0].label} {mode}"] = r
-            line = f"idle x {args.idle:<27} {servers[0].label + ' ' + mode:16}"
-            print(f"         {line} {r['kb_per_conn']:>12,.1f} KB/conn", file=sys.stderr)
+        for mode in ("mprpc", "raw") if args.idle and main.own_methods else ():
+            stop(main)
+            start(main, pin)
+            r = idle_memory(main, args.idle, mode, args.idle_later)
+            idle[f"{main.label} {mode}"] = r
+            line = f"idle x {args.idle:<27} {main.label + ' ' + mode:16}"
+            print(f"         {line} {r['kb_per_conn']:>12,.1f} KiB/conn", file=sys.stderr)
         for rep in range(args.reps):
             for sc in scenarios:
                 order = [s for s in servers if s.serves(sc)]
@@ -372,13 +460,13 @@ def run_all(
                 for s in order[k:] + order[:k]:
                     r = bench(s, sc, args)
                     results[sc.name].setdefault(s.label, []).append(r)
-                    line = f"{sc.name:34} {s.label:16} {figure(sc, r):>12,.1f} {sc.unit}"
+                    line = f"{sc.name:34} {s.label:20} {figure(sc, r):>12,.1f} {sc.unit}"
                     print(f"  rep {rep + 1}  {line}  errors {r['errors']}", file=sys.stderr)
-        ports = {"trio_echo": servers[0].port, **({"grpc": grpc.port} if with_grpc else {})}
-        clients = run_clients(client_scenarios, ports, args)
+        by_label = {s.label: s for s in everyone}
+        clients = run_clients(client_scenarios, by_label, args)
     finally:
         os.sched_setaffinity(0, affinity)
-        for s in [*servers, grpc]:
+        for s in everyone:
             stop(s)
     return results, idle, clients
 
@@ -423,47 +511,62 @@ def fmt(value: float, unit: str) -> str:
     return f"{value / 1000:,.1f}k" if value >= 1000 else f"{value:,.0f}"
 
 
+def labels(servers: list[Server]) -> list[str]:
+    """The servers' labels, each once, in order (two servers may share one: one per mode)."""
+    return list(dict.fromkeys(s.label for s in servers))
+
+
+def serving(servers: list[Server], label: str, sc: Scenario) -> Server | None:
+    """The server of that label that serves ``sc``, if any."""
+    return next((s for s in servers if s.label == label and s.serves(sc)), None)
+
+
+def scenario_ratio(sc: Scenario, mine: list[dict[str, Any]], base: list[dict[str, Any]]) -> float:
+    """The median of the per-repetition ratios (each repetition ran the two back to back:
+    steadier than the ratio of the medians when the machine drifts)."""
+    pairs = zip(mine, base, strict=False)
+    return statistics.median(
+        figure(sc, x) / figure(sc, y) if figure(sc, y) else 0.0 for x, y in pairs
+    )
+
+
 def table(
     results: dict[str, dict[str, list[dict[str, Any]]]],
     scenarios: list[Scenario],
     servers: list[Server],
 ) -> tuple[str, list[str]]:
     """The Markdown table, and one ratio line per scenario and baseline."""
-    main, *bases = servers
-    head = ["scenario", main.label, "p50 / p99", "server CPU"]
-    for b in bases:
-        head += [b.label, f"{main.label} / {b.label}"]
+    main, *bases = labels(servers)
+    head = ["scenario", main, "p50 / p99", "server CPU"]
+    head += [f"{b} (= {main} / it)" for b in bases]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ratios = []
     for sc in scenarios:
         runs = results[sc.name]
-        if main.label not in runs:
+        if main not in runs:
             continue
-        m = median_run(runs[main.label], sc)
+        m = median_run(runs[main], sc)
         lat = m["latency_us"]
         note = " ⚠" * bool(m["errors"]) + " †" * bool(m["client_bound"])
         lat_text = f"{lat['p50']:,.0f} / {lat['p99']:,.0f} us" if lat else "-"
-        row = [sc.name, fmt(figure(sc, m), sc.unit) + note, lat_text, f"{m['server_cpu_pct']:.0f}%"]
+        name = sc.name + ("" if sc.chart else " (latency)")
+        row = [name, fmt(figure(sc, m), sc.unit) + note, lat_text, f"{m['server_cpu_pct']:.0f}%"]
         for b in bases:
-            if b.label not in runs:
-                row += ["", ""]
+            srv = serving(servers, b, sc)
+            if srv is None or b not in runs:
+                row.append("")
                 continue
-            base = median_run(runs[b.label], sc)
-            shape = "" if b.mode_for(sc) == sc.mode else " (raw)"
-            if b.mode_for(sc) == sc.mode and b.method_for(sc) != sc.method:
-                shape += f" ({b.method_for(sc)})"
+            base = median_run(runs[b], sc)
+            shape = "" if srv.mode_for(sc) == sc.mode else " raw"
+            if srv.mode_for(sc) == sc.mode and srv.method_for(sc) != sc.method:
+                shape += f" ({srv.method_for(sc)})"
             mark = " ⚠" * bool(base["errors"]) + " †" * bool(base["client_bound"])
             if not figure(sc, base):
-                row += [fmt(0, sc.unit) + shape + mark, "-"]
+                row.append(fmt(0, sc.unit) + shape + mark)
                 continue
-            # Each repetition ran the two back to back: the median of their ratios
-            # is steadier than the ratio of the medians when the machine drifts.
-            pairs = zip(runs[main.label], runs[b.label], strict=False)
-            ratio = statistics.median(
-                figure(sc, x) / figure(sc, y) if figure(sc, y) else 0.0 for x, y in pairs
-            )
-            row += [fmt(figure(sc, base), sc.unit) + shape + mark, f"{ratio:.2f}x"]
-            line = f"{sc.name:34} {main.label} / {b.label}: {ratio:.2f}"
+            ratio = scenario_ratio(sc, runs[main], runs[b])
+            row.append(f"{fmt(figure(sc, base), sc.unit)}{shape}{mark} (**{ratio:.2f}x**)")
+            line = f"{sc.name:34} {main} / {b}: {ratio:.2f}"
             if lat and base["latency_us"]:
                 line += f"  (p50 latency {lat['p50'] / base['latency_us']['p50']:.2f}x)"
             ratios.append(line)
@@ -478,15 +581,18 @@ def chart(
     path: Path,
     clients: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
     meta: dict[str, Any] | None = None,
+    client_scenarios: list[ClientScenario] | None = None,
 ) -> bool:
     """The README's picture; False if matplotlib is not installed.
 
-    Left, the servers under the same load (``trio-echo bench``): each bar is
-    labelled with trio_echo's ratio to it, a baseline driven in raw mode for an
-    RPC scenario says so, and a run where the load generator (not the server)
-    was the limit is hatched and marked. Right, the clients: calls/s of each
-    of trio_echo's clients beside the bare socket loop and gRPC. The caption
-    names the machine and the command.
+    Top, the servers under the same load, throughput rows only (one request in
+    flight is a latency figure, left to the table): over every other server's
+    bar, trio_echo's ratio to it; a baseline driven with raw bytes says so, and
+    a run where the load generator (not the server) was the limit is hatched
+    and marked. Bottom, each client with its own server, where the Python
+    client is the limit (the panel says so): trio_echo's clients beside the
+    bare loops, their previous version and the alternatives, with the ratios on
+    the bars. The caption names the machine and the command.
     """
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]
@@ -495,29 +601,32 @@ def chart(
         import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return False
-    shown = [sc for sc in scenarios if results.get(sc.name, {}).get(servers[0].label)]
-    client_rows = [c for c in CLIENT_SCENARIOS if (clients or {}).get(c.name, {}).get("client")]
+    main = servers[0].label
+    shown = [sc for sc in scenarios if sc.chart and results.get(sc.name, {}).get(main)]
+    client_rows = [
+        c
+        for c in client_scenarios or CLIENT_SCENARIOS
+        if (clients or {}).get(c.name, {}).get("client")
+    ]
     panels = [p for p in (shown, client_rows) if p]
     if not panels:
         return False
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(15, 6), squeeze=False, gridspec_kw={"width_ratios":
-        [max(len(p), 2) for p in panels]},
-    )  # fmt: skip
-    ax_list = list(axes[0])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 6.2 * len(panels)), squeeze=False)
+    ax_list = [row[0] for row in axes]
     if shown:
-        _server_panel(ax_list.pop(0), results, shown, servers)
+        _server_panel(ax_list.pop(0), results, shown, servers, meta or {})
     if client_rows:
         _client_panel(ax_list.pop(0), clients or {}, client_rows)
     if meta:
         fig.text(
-            0.01, 0.01,
-            f"{meta['date']}, {meta['machine']}; servers pinned to CPU 0, load to CPU 1;"
-            f" median of {meta['reps']} x {meta['duration']:g} s.  {meta['command']}",
+            0.01, 0.005,
+            f"{meta['date']}, {meta['machine']}. Servers pinned to CPU 0, the load (load"
+            f" generator, clients) to CPU 1; median of {meta['reps']} x {meta['duration']:g} s"
+            f" after {meta['warmup']:g} s warm-up, order alternated.\n{meta['command']}",
             fontsize=7, ha="left", va="bottom", wrap=True,
         )  # fmt: skip
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=100)
+    fig.tight_layout(rect=(0, 0.035, 1, 1), h_pad=2.5)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
 
@@ -527,112 +636,153 @@ def _server_panel(
     results: dict[str, dict[str, list[dict[str, Any]]]],
     shown: list[Scenario],
     servers: list[Server],
+    meta: dict[str, Any],
 ) -> None:
-    main = servers[0]
-    width = 0.8 / len(servers)
-    for i, s in enumerate(servers):
-        for j, sc in enumerate(shown):
-            runs = results[sc.name].get(s.label)
-            if not runs:
-                continue
+    names = labels(servers)
+    main = names[0]
+    width = 0.84 / max(sum(1 for n in names if serving(servers, n, sc)) for sc in shown)
+    drawn: set[str] = set()
+    for j, sc in enumerate(shown):
+        here = [n for n in names if serving(servers, n, sc) and results[sc.name].get(n)]
+        mine = results[sc.name][main]
+        for i, n in enumerate(here):
+            srv = serving(servers, n, sc)
+            assert srv is not None
+            runs = results[sc.name][n]
             m = median_run(runs, sc)
-            x = j + (i - (len(servers) - 1) / 2) * width
+            x = j + (i - (len(here) - 1) / 2) * width
             y = m["req_per_s"] if sc.unit == "req/s" else m["mb_per_s"] * 1e6 / sc.size
             bound = bool(m.get("client_bound"))
-            ax.bar(x, y, width, color=f"C{i}", hatch="//" if bound else None,
-                   label=s.label if j == 0 or not ax.get_legend_handles_labels()[1].count(
-                       s.label) else None)  # fmt: skip
-            note = ""
-            if s is not main:
-                mine = results[sc.name].get(main.label)
-                if mine and figure(sc, m):
-                    note = f"{figure(sc, median_run(mine, sc)) / figure(sc, m):.2f}x"
-                if s.mode_for(sc) != sc.mode:
-                    note += "\nraw"
+            color = f"C{names.index(n)}"
+            ax.bar(x, y, width * 0.95, color=color, hatch="//" if bound else None,
+                   edgecolor="black" if bound else color, linewidth=0.5,
+                   label=None if n in drawn else n)  # fmt: skip
+            drawn.add(n)
+            if n == main:
+                note = fmt(figure(sc, m), sc.unit).replace(" MB/s", "\nMB/s")
+            elif figure(sc, m):
+                note = f"{scenario_ratio(sc, mine, runs):.2f}x"
+            else:
+                note = "-"
+            if srv.mode_for(sc) != sc.mode:
+                note += "\nraw"
             if bound:
                 note += "\nclient-\nbound"
-            if note:
-                ax.text(x, y, note, ha="center", va="bottom", fontsize=6)
+            ax.text(x, y * 1.03, note, ha="center", va="bottom", fontsize=6.5,
+                    fontweight="bold" if n == main else None)  # fmt: skip
     ax.set_yscale("log")
-    ax.set_ylabel("requests/s (log)")
-    ax.set_xticks(range(len(shown)), [sc.name for sc in shown], rotation=25, ha="right",
-                  fontsize=7)  # fmt: skip
-    ax.set_title(
-        f"Servers under the same load; above a bar: {main.label} / that server\n"
-        "(raw = a raw echo server driven with raw bytes of the same shape; hatched ="
-        " the load generator was the limit)",
-        fontsize=8,
+    ax.set_ylabel("requests/s (log; 64 KiB row: messages/s)")
+    ax.set_xticks(range(len(shown)), [sc.name for sc in shown], fontsize=8)
+    load = (
+        "the C load generator (one epoll thread: the server is the limit)"
+        if meta.get("load") == "loadgen"
+        else "`trio-echo bench` (hatched: the bench client was the limit, not the server)"
     )
-    ax.legend(fontsize=7)
+    ax.set_title(
+        f"Servers under the same load, driven by {load}.\nOn {main}'s bar its rate; on every"
+        f" other bar, {main} / that server (above 1: {main} is faster). raw = a raw byte echo"
+        " driven with raw bytes of the same shape (no RPC at all).",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, ncol=4, loc="upper right")
+    ax.margins(y=0.25)
 
 
 def _client_panel(
     ax: Any, clients: dict[str, dict[str, list[dict[str, Any]]]], rows: list[ClientScenario]
 ) -> None:
-    for j, sc in enumerate(rows):
-        runs = clients[sc.name]
-        if sc.server == "grpc":  # the async client's ratio to it, on its bar
-            ours = clients.get(CLIENT_SCENARIOS[0 if sc.kind == "grpc" else 2].name, {})
-            if ours.get("client"):
-                y = median_by(runs["client"])["calls_per_s"]
-                ratio = median_ratio(ours["client"], runs["client"])
-                ax.bar(j, y, 0.4, color="C3")
-                ax.text(j, y, f"gRPC\ntrio_echo async\n{ratio:.1f}x", ha="center",
-                        va="bottom", fontsize=6)  # fmt: skip
-                continue
-        bars = [("this client", runs["client"], "C0" if sc.server != "grpc" else "C3")]
-        if "baseline" in runs:
-            bars.append(("bare socket", runs["baseline"], "C7"))
-        if "old" in runs:
-            bars.append(("before", runs["old"], "C1"))
-        width = 0.8 / len(bars)
-        for i, (label, rs, color) in enumerate(bars):
-            x = j + (i - (len(bars) - 1) / 2) * width
-            y = median_by(rs)["calls_per_s"]
-            ax.bar(x, y, width, color=color)
-            note = label
-            if i:  # this client / it
-                note += f"\n{median_ratio(runs['client'], rs):.2f}x"
-            ax.text(x, y, note, ha="center", va="bottom", fontsize=6)
+    by_kind = {c.kind: c for c in rows}
+    x = 0.0
+    ticks: list[tuple[float, str]] = []
+    groups = [("one", "one caller calling in a loop"), ("many", "100 calls at once")]
+    for group, title in groups:
+        members = [c for c in rows if c.group == group]
+        if not members:
+            continue
+        start = x
+        bars: list[tuple[str, list[dict[str, Any]], str, str]] = []  # label, runs, color, note
+        base_sc = next((c for c in members if "baseline" in clients[c.name]), None)
+        if base_sc is not None:
+            what = "bare socket loop" if base_sc.baseline == "bare" else "bare pipelined socket"
+            bars.append((what, clients[base_sc.name]["baseline"], "0.55", ""))
+        for c in members:
+            runs = clients[c.name]
+            note = ""
+            if c.baseline and "baseline" in runs:
+                note = f"{median_ratio(runs['client'], runs['baseline']):.2f}x bare"
+            ours = by_kind.get(c.versus)
+            if ours is not None and clients.get(ours.name, {}).get("client"):
+                ratio = median_ratio(clients[ours.name]["client"], runs["client"])
+                note = f"{ours.short}\n/ it: {ratio:.1f}x"
+            color = "C0" if c.kind in OUR_KINDS else "0.75" if c.baseline else "C3"
+            bars.append((c.short, runs["client"], color, note))
+            if "old" in runs:
+                ratio = median_ratio(runs["client"], runs["old"])
+                bars.append((f"{c.short}, before", runs["old"], "C1", f"now {ratio:.2f}x this"))
+        for label, runs, color, note in bars:
+            m = median_by(runs)
+            y = m["calls_per_s"]
+            ax.bar(x, y, 0.8, color=color)
+            text = f"{y / 1000:,.1f}k" + (f"\n{note}" if note else "")
+            if "server_cpu_pct" in m:  # which side was the limit
+                text += f"\nserver CPU {m['server_cpu_pct']:.0f}%"
+            ax.text(x, y * 1.03, text, ha="center", va="bottom", fontsize=6.5)
+            ticks.append((x, label))
+            x += 1
+        ax.text((start + x - 1) / 2, 0.97, title, transform=ax.get_xaxis_transform(),
+                ha="center", va="top", fontsize=8, style="italic")  # fmt: skip
+        x += 0.8
     ax.set_yscale("log")
     ax.set_ylabel("calls/s (log)")
-    ax.set_xticks(range(len(rows)), [sc.name for sc in rows], rotation=25, ha="right",
+    ax.set_xticks([t for t, _ in ticks], [n for _, n in ticks], rotation=30, ha="right",
                   fontsize=7)  # fmt: skip
     ax.set_title(
-        "Clients (64 B echo): above a bar, this client / it;\ngRPC with its own client and"
-        " server (grpc.aio)",
-        fontsize=8,
+        "\nClients, each calling its own server (64 B echo). Bound by the Python client, not"
+        " the server: client figures, not server figures.\nOn trio_echo's bars (blue): the"
+        " ratio to the bare loop; on an alternative's (red): trio_echo's client / it.",
+        fontsize=9,
     )
+    ax.margins(y=0.45)
 
 
-def client_table(clients: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str, list[str]]:
+def client_table(
+    clients: dict[str, dict[str, list[dict[str, Any]]]], rows: list[ClientScenario]
+) -> tuple[str, list[str]]:
     """The clients' Markdown table, and their ratio lines."""
     if not clients:
         return "", []
     old = any("old" in runs for runs in clients.values())
-    head = ["client scenario (64 B echo)", "calls/s", "client CPU per call", "baseline",
-            "ratio"] + ["before (--client-src)", "after / before"] * old  # fmt: skip
+    head = [
+        "client (64 B echo, to its own server)",
+        "calls/s",
+        "client CPU per call",
+        "server CPU",
+        "set beside",
+        "ratio",
+    ]
+    head += ["before (--client-src)", "now / before"] * old  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ratios = []
-    async_seq = clients.get(CLIENT_SCENARIOS[0].name, {}).get("client", [])
-    async_conc = clients.get(CLIENT_SCENARIOS[2].name, {}).get("client", [])
-    for sc in CLIENT_SCENARIOS:
+    by_kind = {c.kind: c for c in rows}
+    for sc in rows:
         runs = clients.get(sc.name)
         if not runs or "client" not in runs:
             continue
         mine = runs["client"]
         m = median_by(mine)
-        row = [sc.name, f"{m['calls_per_s']:,.0f}", f"{m.get('client_cpu_us_per_call', 0):.0f} us"]
+        server_cpu = m.get("server_cpu_pct")
+        row = [sc.name, f"{m['calls_per_s']:,.0f}", f"{m.get('client_cpu_us_per_call', 0):.0f} us",
+               "" if server_cpu is None else f"{server_cpu:.0f}%"]  # fmt: skip
+        ours = by_kind.get(sc.versus)
         if sc.baseline and "baseline" in runs:
             ratio = median_ratio(mine, runs["baseline"])
             what = "bare socket loop" if sc.baseline == "bare" else "bare pipelined socket"
             row += [f"{what}: {median_by(runs['baseline'])['calls_per_s']:,.0f}", f"{ratio:.2f}x"]
             ratios.append(f"{sc.name}: {ratio:.2f} of the {what}")
-        elif sc.server == "grpc":
-            ours = async_seq if sc.kind == "grpc" else async_conc
-            ratio = median_ratio(ours, mine) if ours else 0.0
-            row += ["trio_echo async client / this", f"{ratio:.2f}x"]
-            ratios.append(f"trio_echo async client / {sc.name}: {ratio:.2f}")
+        elif ours is not None and clients.get(ours.name, {}).get("client"):
+            ratio = median_ratio(clients[ours.name]["client"], mine)
+            row += [f"trio_echo {ours.short.removeprefix('trio_echo ')} / this", f"{ratio:.2f}x"]
+            ratios.append(f"{ours.name} / {sc.name}: {ratio:.2f}")
         else:
             row += ["", ""]
         if old:
@@ -666,10 +816,11 @@ def report(
     meta: dict[str, Any],
     image: str | None,
     clients: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+    client_scenarios: list[ClientScenario] | None = None,
 ) -> tuple[str, list[str]]:
     """The Markdown section (table, chart, machine, command) and the ratio lines."""
     md, ratios = table(results, scenarios, servers)
-    client_md, client_ratios = client_table(clients or {})
+    client_md, client_ratios = client_table(clients or {}, client_scenarios or CLIENT_SCENARIOS)
     ratios += client_ratios
     others = [
         r.get("other_cpu_pct", 0.0) for runs in results.values() for rs in runs.values() for r in rs
@@ -681,36 +832,54 @@ def report(
         if other > 25
         else ""
     )
+    later = next((r["later_s"] for r in idle.values() if r.get("later_s", 0) > 0.5), None)
     idle_md = [
         f"| {label.split(' ')[0] if ' ' in label and label.startswith('trio_echo') else label}"
         f" | {r['connections']:,} {r.get('mode', 'framed' if i == 0 else 'raw')}"
         f" | {r['open_s']:.2f} s"
         f" | {r['rss_before_kb'] / 1024:,.1f} → {r['rss_after_kb'] / 1024:,.1f} MiB"
-        f" | {r['kb_per_conn']:,.1f} KB |"
+        f" | {r['kb_per_conn']:,.1f} KiB |"
+        + (f" {r.get('kb_per_conn_later', 0):,.1f} KiB |" if later is not None else "")
         for i, (label, r) in enumerate(idle.items())
     ]
     if idle_md:
+        extra = f" {later:g} s later |" if later is not None else ""
         idle_md[:0] = [
             "Idle connections, each opened with one request (a `ping`, or one byte of raw echo),"
-            " server RSS 0.5 s after the last reply:",
+            " server RSS 0.5 s after the last reply"
+            + (
+                f" and again {later:g} s after it (past the idle reaper's quiet tick)"
+                if later
+                else ""
+            )
+            + ":",
             "",
-            "| server | connections | open + first reply | RSS | per connection |",
-            "|---|---|---|---|---|",
+            f"| server | connections | open + first reply | RSS | per connection |{extra}",
+            "|---|---|---|---|---|" + "---|" * bool(extra),
         ]
         idle_md.append("")
     if client_md:
         client_md = (
-            "Clients: calls a Python program makes, one at a time or 100 at once, each run"
-            " beside its baseline (a plain blocking socket doing the same framed exchange;"
-            " for 100 at once, one thread keeping 100 requests in flight on one socket)"
-            " and gRPC's own client and server (`benchmarks/grpc_echo.py`: `grpc.aio`,"
-            " bytes in and out), each in a process of its own on the load's CPU:\n\n"
-            + client_md
-            + "\n"
+            "Clients: calls a Python program makes, one at a time or 100 at once, each client"
+            " with its own server, each run a process of its own on the load's CPU, beside"
+            " its baseline (a plain blocking socket doing the same framed exchange; for 100"
+            " at once, one thread keeping 100 requests in flight on one socket). The"
+            " alternatives run their own client and server: gRPC (`benchmarks/grpc_echo.py`:"
+            " `grpc.aio`, bytes in and out) and, with `--kit`, the msgpack-rpc peers'"
+            " clients. Here the Python client is the limit, so these are client figures;"
+            " server CPU is the server's use in the same window:\n\n" + client_md + "\n"
         )
+    load = (
+        "Servers driven by the shared kit's C load generator (`loadgen`: one epoll thread in C,"
+        " so the server is the limit; † where it was not)"
+        if meta.get("load") == "loadgen"
+        else "Servers driven by `trio-echo bench` (Python: † where it, not the server, was the"
+        " limit)"
+    )
     text = [
         f"Median of {meta['reps']} run(s) of {meta['duration']:g} s after {meta['warmup']:g} s"
-        f" warm-up, 64 B payloads unless noted, {meta['date']}.",
+        f" warm-up, 64 B payloads unless noted, {meta['date']}. {load}; in each cell the"
+        f" server's rate and, in bold, {servers[0].label}'s ratio to it.",
         "",
         md,
         "",
@@ -718,23 +887,23 @@ def report(
         *idle_md,
         f"Machine: {meta['machine']}. "
         + (
-            "Servers pinned to CPU 0, `trio-echo bench` to CPU 1."
+            "Servers pinned to CPU 0, the load (load generator, clients) to CPU 1."
             if meta["pinned"]
             else "No CPU pinning."
         )
         + busy_note,
-        "The baseline is benched in raw mode with the same connections, depth and size;"
-        " a ratio is the median of the per-repetition ratios (the two servers run back to"
-        " back in each)."
-        " Server CPU is trio_echo's own CPU use during the run (100 % = its core was"
-        " saturated). ⚠ marks a run with errors, † one where the client was probably the"
-        " bottleneck. Speed on a shared VM drifts by up to 30 % between runs,"
-        " so compare within one table.",
+        "A baseline marked raw is a raw byte echo server driven with raw bytes of the same"
+        " connections, depth and size (it does no RPC: the limit for a Trio server)."
+        " A ratio is the median of the per-repetition ratios (the servers run back to back,"
+        " in alternating order, in each). Server CPU is the server's own CPU use during the"
+        " run (100 % = its core was saturated). ⚠ marks a run with errors, † one where the"
+        " load generator or client was the limit. Speed on a shared VM drifts by up to"
+        " 30 % between runs, so compare within one table.",
         "",
         f"Regenerate: `pip install -e '.[bench]' && {meta['command']}`.",
     ]
     if image:
-        text[4:4] = [f"![requests/s by scenario]({image})", ""]
+        text[4:4] = [f"![servers under the same load; clients with their own servers]({image})", ""]
     return "\n".join(text) + "\n", ratios
 
 
@@ -764,6 +933,44 @@ def parse_extra(spec: str) -> Server:
     return Server(label, shlex.split(cmd), tuple(modes.split(",")))
 
 
+#: The msgpack-rpc peers of the shared kit: label, venv, script and its options, client.
+PEERS = [
+    ("msgpack-rpc-python", ".venv-msgpackrpc", "peer_msgpackrpc.py", ["--nodelay"], "msgpackrpc",
+     "blocking"),
+    ("mprpc (gevent)", ".venv-mprpc", "peer_mprpc.py", [], "mprpc", "blocking"),
+    ("aiorpc + uvloop", ".venv", "peer_aiorpc.py", ["--uvloop"], "aiorpc", "async"),
+]  # fmt: skip
+
+
+def kit(path: Path) -> tuple[list[Server], list[Server], list[ClientScenario]]:
+    """What the shared bench kit (set up by its ``setup_peers.sh``) adds to the run.
+
+    The Trio RPC floor (``rpc_trio_min.py``, one server per mode, run with this
+    interpreter), the msgpack-rpc peers (each in its own venv, TCP_NODELAY on),
+    and each peer's own client calling it in a loop. These are measurement
+    tools run as they are; nothing of them is copied here.
+    """
+    servers = path / "servers"
+    floors = [
+        Server(FLOOR, [sys.executable, str(servers / "rpc_trio_min.py"), f"--{mode}",
+                       "--port", "{port}"], (mode,))
+        for mode in ("framed", "mprpc")
+    ]  # fmt: skip
+    peers, clients = [], []
+    for label, venv, script, opts, peer, versus in PEERS:
+        python = path / venv / "bin" / "python"
+        if not python.exists():
+            print(f"({label} skipped: no {python}; run the kit's setup_peers.sh)", file=sys.stderr)
+            continue
+        argv = [str(python), str(servers / script), *opts, "--port", "{port}"]
+        peers.append(Server(label, argv, ("mprpc",)))
+        clients.append(
+            ClientScenario(f"{label}, its own client, one caller in a loop", label, "mprpc-peer",
+                           server=label, versus=versus, python=str(python), peer=peer)
+        )  # fmt: skip
+    return floors, peers, clients
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -781,6 +988,21 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="folder for results.md/.json/.png (default: benchmarks/, or a temporary"
         " folder with --quick, so a smoke test never replaces the measured results)",
+    )
+    p.add_argument(
+        "--kit",
+        type=Path,
+        metavar="DIR",
+        help="the shared bench kit (a writable copy, set up with its setup_peers.sh and make):"
+        " adds the Trio RPC floor and the msgpack-rpc peers (servers and their clients), and"
+        " drives the servers with its C load generator",
+    )
+    p.add_argument(
+        "--loadgen",
+        type=Path,
+        metavar="PATH",
+        help="drive the servers with this C load generator (the kit's loadgen) instead of"
+        " trio-echo bench, so that the server is the limit",
     )
     p.add_argument(
         "--extra",
@@ -806,13 +1028,21 @@ def main(argv: list[str] | None = None) -> int:
         "--update-readme", action="store_true", help="write the table into README.md's bench block"
     )
     args = p.parse_args(argv)
+    args.idle_later = 2.0
     if args.quick:
         if args.update_readme:
             p.error("--quick is a smoke test, not a measurement: it cannot update README.md")
         args.duration, args.warmup, args.reps, args.idle = 0.3, 0.1, 1, min(args.idle, 100)
+        args.idle_later = 0.0
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="trio_echo_bench_")) if args.quick else HERE
+    if args.kit and not args.loadgen and (args.kit / "loadgen").exists():
+        args.loadgen = args.kit / "loadgen"
+    floors, peers, peer_clients = kit(args.kit) if args.kit else ([], [], [])
     scenarios = [sc for sc in SCENARIOS if re.search(args.only, sc.name)]
+    client_scenarios = [
+        c for c in [*CLIENT_SCENARIOS, *peer_clients] if re.search(args.only, "clients " + c.name)
+    ]
     py = sys.executable
     pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     servers = [
@@ -824,9 +1054,10 @@ def main(argv: list[str] | None = None) -> int:
             env={"PYTHONPATH": pythonpath},
             own_methods=True,
         ),
-        Server("bare trio echo", [py, str(HERE / "bare_echo.py"), "--port", "{port}"],
-               ("raw", "any")),
+        *floors,
         *map(parse_extra, args.extra),
+        *peers,
+        Server(BARE, [py, str(HERE / "bare_echo.py"), "--port", "{port}"], ("raw", "any")),
     ]  # fmt: skip
     if args.render:
         data = json.loads(args.render.read_text())
@@ -836,10 +1067,11 @@ def main(argv: list[str] | None = None) -> int:
             for srv in meta["servers"]
         ]
         scenarios = [sc for sc in SCENARIOS if sc.name in data["scenarios"]]
+        client_scenarios = [ClientScenario(**c) for c in meta.get("client_scenarios", [])]
+        client_scenarios = client_scenarios or CLIENT_SCENARIOS
     else:
-        results, idle, clients = run_all(servers, scenarios, args)
-        command = "python benchmarks/run.py" + " --quick" * args.quick
-        command += " --update-readme" * args.update_readme
+        results, idle, clients = run_all(servers, scenarios, client_scenarios, args)
+        command = shlex.join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])])
         meta = {
             "reps": args.reps,
             "duration": args.duration,
@@ -848,18 +1080,23 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(),
             "pinned": bool(pinning()),
             "command": command,
+            "load": "loadgen" if args.loadgen else "trio-echo bench",
             "servers": [
                 {"label": s.label, "modes": s.modes, "own_methods": s.own_methods} for s in servers
             ],
+            "client_scenarios": [dataclasses.asdict(c) for c in client_scenarios],
         }
         data = {"meta": meta, "scenarios": results, "idle": idle, "clients": clients}
     results, idle, clients = data["scenarios"], data["idle"], data.get("clients", {})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
-    has_chart = chart(results, scenarios, servers, args.out / "results.png", clients, meta)
-    body, ratios = report(
-        results, idle, scenarios, servers, meta, "results.png" if has_chart else None, clients
+    has_chart = chart(
+        results, scenarios, servers, args.out / "results.png", clients, meta, client_scenarios
     )
+    body, ratios = report(
+        results, idle, scenarios, servers, meta, "results.png" if has_chart else None, clients,
+        client_scenarios,
+    )  # fmt: skip
     (args.out / "results.md").write_text("# Benchmark results\n\n" + body)
     print(f"results in {args.out}/", file=sys.stderr)
     print(body)
@@ -867,14 +1104,9 @@ def main(argv: list[str] | None = None) -> int:
     if not has_chart:
         print("(no chart: pip install matplotlib, or the package's [bench] extra)", file=sys.stderr)
     readme_body, _ = report(
-        results,
-        idle,
-        scenarios,
-        servers,
-        meta,
-        "benchmarks/results.png" if has_chart else None,
-        clients,
-    )
+        results, idle, scenarios, servers, meta,
+        "benchmarks/results.png" if has_chart else None, clients, client_scenarios,
+    )  # fmt: skip
     if args.update_readme and not update_readme(HERE.parent / "README.md", readme_body):
         print("README.md has no bench markers; not updated", file=sys.stderr)
     errors = sum(r["errors"] for runs in results.values() for rs in runs.values() for r in rs)

@@ -307,6 +307,13 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
         idle = results["idle"][label]
         assert idle["connections"] == 100 and idle["errors"] == 0 and "kb_per_conn" in idle
     assert "per connection" in table
+    # The clients, each beside its bare loop (gRPC's rows need grpcio, the bench extra).
+    for name in ("bare Trio loop", "async client, one task", "blocking client, one thread",
+                 "async client, 100 tasks"):  # fmt: skip
+        runs = next(r for n, r in results["clients"].items() if n.startswith(name))
+        assert runs["client"][0]["calls"] > 0 and runs["client"][0]["errors"] == 0
+        assert runs["baseline"][0]["calls"] > 0
+        assert name in table
     # --render rebuilds the same table from results.json without running anything.
     again = out / "again"
     subprocess.run(
