@@ -91,12 +91,12 @@ class CallRunner:
     calls: dict[int, Call]
     active: int
     outbox: list[bytes]
-    room: trio.lowlevel.ParkingLot
+    room: trio.lowlevel.ParkingLot | None
     waiting: int
     queue: collections.deque[Call]
     waking: int
     parked: int
-    wake: trio.lowlevel.ParkingLot
+    wake: trio.lowlevel.ParkingLot | None
     workers_done: bool
     reader_wanted: bool
     sending: bool
@@ -118,6 +118,7 @@ class CallRunner:
         self.waking += 1
         if self.parked:
             self.parked -= 1
+            assert self.wake is not None  # (a worker parked there)
             self.wake.unpark(count=1)
         else:
             assert self.nursery is not None
@@ -143,9 +144,13 @@ class CallRunner:
             if self.workers_done or self.parked >= MAX_PARKED_WORKERS:
                 return
             self.parked += 1
+            if self.wake is None:
+                self.wake = trio.lowlevel.ParkingLot()  # made when first needed
             await self.wake.park()
 
     async def _wait_for_room(self) -> None:
+        if self.room is None:
+            self.room = trio.lowlevel.ParkingLot()  # made when first needed
         self.waiting += 1
         try:
             await self.room.park()
@@ -225,7 +230,7 @@ class CallRunner:
         self.active -= 1
         ctx.requests_in_flight -= 1
         if self.waiting:
-            self.room.unpark_all()
+            self.room.unpark_all()  # type: ignore[union-attr]  # (made by _wait_for_room)
         if self.wake_reader is not None:
             self.wake_reader.cancel()  # the reader listens while full: room for the backlog
         if msgid is None:

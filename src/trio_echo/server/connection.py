@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -144,7 +145,9 @@ class ClientConnection:
         try:
             with self.whole_scope:
                 try:
-                    await self._run()
+                    session = await self._run()
+                    if session is not None:
+                        await session
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
                     # A reset or a vanished peer is routine: one debug line, no traceback.
                     exc = group.exceptions[0]
@@ -167,7 +170,8 @@ class ClientConnection:
         self.ctx.bytes_in += len(data)
         return data  # type: ignore[return-value]  # sockets give bytes
 
-    async def _run(self) -> None:
+    async def _run(self) -> Coroutine[Any, Any, None] | None:
+        # Returns the session to await for a framed or msgpack-rpc connection.
         # Shutdown cancels read_scope while the sniff waits for bytes: then there
         # is no verdict, and the connection just closes.
         verdict: Mode | None = None
@@ -179,18 +183,17 @@ class ClientConnection:
             if first is not None:
                 verdict, prefix = await self._sniff(first)
         if verdict is None:
-            return
+            return None
         if verdict is Mode.RAW:
             await self._raw_echo(prefix)
-            return
+            return None
         framed = verdict is Mode.FRAMED
         if framed:
             self.version = prefix[len(wire.MAGIC)]  # 1 or 2: sniffing checked it
             prefix = prefix[len(wire.PREAMBLE) :]
         self.session = Session(self, framed)
-        running = self.session.run(prefix)
-        del prefix  # the first read belongs to the session now, not to this frame
-        await running
+        # Awaited by run(), so that an idle connection's stack is one frame shorter (#15).
+        return self.session.run(prefix)
 
     async def _proxy_prelude(self) -> bytes | None:
         """Take the connection's PROXY header: name the real client in ``peer``.

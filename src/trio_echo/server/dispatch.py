@@ -12,6 +12,7 @@ parameters and runs the handler inline or queues it for the worker pool
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -29,8 +30,6 @@ from .calls import Call, pack_failure
 from .service import HandlerKind, Method, unknown_method_message
 
 if TYPE_CHECKING:
-    import collections
-
     from .context import ConnectionView, ServerContext
 
 __all__ = ["Dispatcher"]
@@ -260,7 +259,10 @@ class Dispatcher:
         elif msgid in self.backlog_msgids and msgid not in self.cancelled_early:
             # Still waiting, undecoded, at max_inflight: answered now (protocol.md
             # §4.5), and skipped when its turn comes.
-            self.cancelled_early.add(msgid)
+            try:
+                self.cancelled_early.add(msgid)
+            except AttributeError:  # the first one: see Session.__init__ (NO_MSGIDS)
+                self.cancelled_early = {msgid}
             self.ctx.requests_total += 1
             self._error(msgid, ErrorCode.CANCELLED, "cancelled by the client")
 
@@ -365,7 +367,10 @@ class Dispatcher:
             self.calls[msgid] = call
         self.active += 1
         ctx.requests_in_flight += 1
-        self.queue.append(call)
+        try:
+            self.queue.append(call)
+        except AttributeError:  # the first queued call: see Session.__init__ (NO_DEQUE)
+            self.queue = collections.deque((call,))
 
     def _run_inline(self, msgid: int | None, method: Method, params: list[Any]) -> None:
         ctx = self.ctx

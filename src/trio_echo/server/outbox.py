@@ -41,7 +41,7 @@ class Outbox:
     outbox_bytes: int
     counted: int
     sending: bool
-    room: trio.lowlevel.ParkingLot
+    room: trio.lowlevel.ParkingLot | None
     waiting: int
 
     def _enqueue(self, data: bytes) -> None:
@@ -102,7 +102,7 @@ class Outbox:
         self.outbox = []
         self.outbox_bytes = self.counted = 0
         if self.waiting:
-            self.room.unpark_all()
+            self.room.unpark_all()  # type: ignore[union-attr]  # (made by _wait_for_room)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _lost(self, exc: BaseException) -> None:

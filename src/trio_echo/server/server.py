@@ -44,6 +44,8 @@ __all__ = ["Server", "ServerConfig", "open_listeners", "serve", "serve_stream"]
 
 log = logging.getLogger("trio_echo")
 
+#: The name of each connection's task (the one Trio derives from the method).
+_CONNECTION_TASK: Final = f"{__name__}.Server._handle_accepted"
 #: A rejected connection (over max_connections) waits this long for a preamble.
 REJECT_SNIFF_S: Final = 1.0
 #: accept() failing for lack of resources (EMFILE...) is retried this often.
@@ -336,7 +338,9 @@ class Server:
                         log.warning("accepting again (after %d failed accept attempts)", failures)
                     failures = 0
                     reported = False
-                connections.start_soon(self._handle_accepted, stream)
+                # The name Trio would give the task, made once: Trio formats it
+                # anew for every task otherwise (~100 B per connection, #15).
+                connections.start_soon(self._handle_accepted, stream, name=_CONNECTION_TASK)
 
     async def _handle_accepted(self, stream: trio.SocketStream) -> None:
         if len(self._conns) + self._handshaking >= self.max_connections:

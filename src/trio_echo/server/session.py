@@ -78,6 +78,11 @@ _ITEMS: Final = wire.MessageType.ITEMS.value
 _END: Final = wire.MessageType.END.value
 _LARGE: Final = wire.LargeMessage
 
+#: Stands in for an empty deque that was never needed (see Session.__init__).
+NO_DEQUE: Final[collections.deque[Any]] = ()  # type: ignore[assignment]
+#: Stands in for an empty set of msgids that was never needed.
+NO_MSGIDS: Final[set[int]] = frozenset()  # type: ignore[assignment]
+
 
 class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
     """The framed / msgpack-rpc message session of one connection (see the module doc).
@@ -119,6 +124,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         "parked",
         "queue",
         "read_done",
+        "read_over",
         "reader",
         "reader_wanted",
         "receive",
@@ -158,29 +164,36 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         self.outbox_bytes = 0
         self.counted = 0
         self.sending = False
+        # What an idle connection holds is kept small (issue #15: 10,000 idle
+        # connections in one process): the parking lots, the Event and the deques
+        # below are made when first needed. An empty deque costs ~600 B, so the
+        # queue and the backlog start as NO_DEQUE, an empty tuple, replaced by a
+        # deque on the first append (the only operation the tuple lacks).
         # Tasks wait in `room` for requests to finish or the outbox to drain;
         # `waiting` counts them, as ParkingLot's own truth test is a Python call.
-        self.room = trio.lowlevel.ParkingLot()
+        self.room: trio.lowlevel.ParkingLot | None = None
         self.waiting = 0
         # The worker pool (see _add_worker).
-        self.queue: collections.deque[Call] = collections.deque()
+        self.queue: collections.deque[Call] = NO_DEQUE
         self.waking = 0  # workers woken or started that have not looked for work yet
         self.parked = 0
-        self.wake = trio.lowlevel.ParkingLot()
+        self.wake: trio.lowlevel.ParkingLot | None = None
         self.workers_done = False
         # Leader/follower reading (see _lead): the token of the task reading now.
         self.reader: object | None = None
         self.reader_wanted = False
-        self.read_done = trio.Event()
+        # Reading is over; read_done is made only if run() must wait for that.
+        self.read_over = False
+        self.read_done: trio.Event | None = None
         # Messages read but not started, still encoded (bytes, a LargeMessage or,
         # last, a fatal violation), because the connection was at max_inflight
         # or they need a large decode; they go before anything read later.
-        self.backlog: collections.deque[Any] = collections.deque()
+        self.backlog: collections.deque[Any] = NO_DEQUE
         self.backlog_bytes = 0
         # msgid -> how many requests with it wait in the backlog, and the ones
-        # among them a cancel reached before they started.
+        # among them a cancel reached before they started (NO_MSGIDS until one does).
         self.backlog_msgids: dict[int, int] = {}
-        self.cancelled_early: set[int] = set()
+        self.cancelled_early: set[int] = NO_MSGIDS
         # Streaming calls by msgid, and what came for stream requests still in the
         # backlog (see .streams); large stream messages wait in stream_backlog, to be
         # decoded a slice at a time and applied whether or not there is room.
@@ -200,8 +213,9 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         self.closing = False
         # Protocol version 2: why goaway was sent, once it was (see .goaway).
         self.going_away: wire.GoawayReason | None = None
-        # Covers --max-connection-age's timer, which must not outlive the session.
-        self.age_scope = trio.CancelScope()
+        # Covers --max-connection-age's timer, which must not outlive the session
+        # (made with the timer).
+        self.age_scope: trio.CancelScope | None = None
         self.fd = _sockio.socket_fd(self.stream)
         self.receive = _sockio.receiver(self.stream)
         if ctx.metrics is not None:
@@ -228,7 +242,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
             self.active = 0
         while self.queue:
             self.queue.popleft().awaitable.close()
-        self.backlog.clear()
+        if self.backlog:
+            self.backlog.clear()
         self.stream_backlog.clear()
         self.backlog_bytes = 0
         self.ctx.buffered_bytes -= self.held
@@ -242,6 +257,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
                 hello = ctx.hellos[self.state.version]
                 self._enqueue(wire.encode_notification("hello", [hello], pack=ctx.pack))
                 if self.state.version >= 2 and ctx.max_connection_age > 0:
+                    self.age_scope = trio.CancelScope()
                     nursery.start_soon(self._run_age_timer)
             items = self.decoder.feed(initial)
             del initial  # (the caller dropped its reference: see ClientConnection._run)
@@ -252,17 +268,24 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
             self._account()
             await self._lead()
             # This task may have handed reading to a worker (see _lead).
-            await self.read_done.wait()
+            if self.read_over:
+                await trio.lowlevel.checkpoint()  # (as waiting on a set Event would)
+            else:
+                self.read_done = trio.Event()
+                await self.read_done.wait()
             # Half-close, shutdown or a fatal error: answer what is in flight, then close.
             while self.active:
                 await self._wait_for_room()
             self.workers_done = True
-            self.wake.unpark_all()
-            self.age_scope.cancel()
+            if self.wake is not None:
+                self.wake.unpark_all()
+            if self.age_scope is not None:
+                self.age_scope.cancel()
         if self.outbox:
             await self._flush()
 
     async def _run_age_timer(self) -> None:
+        assert self.age_scope is not None
         with self.age_scope:
             await self._age_out(self.ctx.max_connection_age, self.ctx.grace)
 
@@ -286,26 +309,31 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
                 self.reader_wanted = True
                 self._on_block()
 
-        # The read loop has its own scope so that shutdown can stop it
-        # while the calls already read run on and get answered.
-        state.read_scope = trio.CancelScope()
-        with state.read_scope:
-            while True:
-                # One cancel scope serves every call this task runs until one of
-                # them is cancelled: a scope per read cost ~8% of an async echo.
-                running: list[Call | None] = [None]
-                with trio.CancelScope() as scope:
-                    over = await self._read_loop(token, on_block, scope, running)
-                if self._interrupted(running):
-                    continue  # a fresh scope for the next calls
-                if over is None:
-                    return  # another task reads now
-                if over:
-                    break
+        while True:
+            # One cancel scope serves every call this task runs until one of
+            # them is cancelled: a scope per read cost ~8% of an async echo.
+            # It is also the read scope, which shutdown cancels only while this
+            # task waits to read (state.in_read), never while a call runs: so the
+            # calls already read run on and get answered. (One scope, not two
+            # nested: each costs ~600 B while the connection is idle.)
+            running: list[Call | None] = [None]
+            with trio.CancelScope() as scope:
+                state.read_scope = scope
+                over = await self._read_loop(token, on_block, scope, running)
+            if self._interrupted(running):
+                continue  # a fresh scope for the next calls
+            if scope.cancelled_caught:
+                break  # shutdown stopped the read
+            if over is None:
+                return  # another task reads now
+            if over:
+                break
         self.reader = None
         if self.streams:
             self._end_of_input()
-        self.read_done.set()
+        self.read_over = True
+        if self.read_done is not None:
+            self.read_done.set()
 
     async def _read_loop(
         self,
@@ -322,7 +350,6 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         receive = self.receive
         feed = self.decoder.feed
         process = self._process
-        backlog = self.backlog
         while True:
             if self.reader is not token:
                 # A handler this task ran blocked, and reading was offered to a worker.
@@ -334,7 +361,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
                 # Nobody took over while the handler ran: carry on reading.
                 self.reader_wanted = False
                 self.reader = token
-            if backlog or self.stream_backlog:
+            if self.backlog or self.stream_backlog:
                 await self._drain()
             if self.queue:
                 if not await self._run_session(on_block, scope, running):
@@ -345,15 +372,15 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
             if self.closing:  # a fatal error, reached in order (backlog first)
                 return True
             while self.outbox and self._backed_up():
-                if state.stop_requested and not backlog:
+                if state.stop_requested and not self.backlog:
                     break
                 # Shutdown may cut this wait short only if nothing read is
                 # pending: requests already read get answered like the rest.
-                state.in_read = not backlog
+                state.in_read = not self.backlog
                 await self._wait_for_room()
                 state.in_read = False
             if self.eof or state.stop_requested:
-                if not backlog:
+                if not self.backlog:
                     return True  # EOF or shutdown: answer what is in flight, then close
                 if self.streams and not self.input_over:
                     self._end_of_input()  # streams waiting on the client must not hold room
@@ -431,7 +458,11 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
     def _hold(self, raws: list[Any]) -> None:
         """Keep messages that cannot start yet as bytes; apply cancels among them now,
         and the messages of running streams (items, credit, end: version 2)."""
+        if not raws:
+            return
         backlog = self.backlog
+        if backlog is NO_DEQUE:
+            backlog = self.backlog = collections.deque()
         for raw in raws:
             data = raw.data if type(raw) is _LARGE else raw
             if type(data) is not bytes:  # a fatal violation: nothing follows it
@@ -512,7 +543,7 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         else:
             del self.backlog_msgids[msgid]
         if msgid in self.cancelled_early:
-            self.cancelled_early.discard(msgid)
+            self.cancelled_early.remove(msgid)
             return True
         return False
 
@@ -550,7 +581,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
                 )
             )
             # Nothing held is started now: give the bytes back at once.
-            self.backlog.clear()
+            if self.backlog:
+                self.backlog.clear()
             self.stream_backlog.clear()
             self.backlog_bytes = 0
             ctx.buffered_bytes -= self.held

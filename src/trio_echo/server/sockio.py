@@ -54,7 +54,10 @@ async def receive(fd: int, max_bytes: int) -> bytes:
         try:
             return os.read(fd, max_bytes)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
+            pass
+        # Waiting outside the except clause: inside it, the BlockingIOError and its
+        # traceback (~500 B) would be kept for as long as the connection is idle.
+        await trio.lowlevel.wait_readable(fd)
 
 
 def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:

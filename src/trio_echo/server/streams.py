@@ -356,7 +356,10 @@ class Streams:
             self.calls[msgid] = call
         self.active += 1
         ctx.requests_in_flight += 1
-        self.queue.append(call)
+        try:
+            self.queue.append(call)
+        except AttributeError:  # the first queued call: see Session.__init__ (NO_DEQUE)
+            self.queue = collections.deque((call,))
 
     # -- running -----------------------------------------------------------------------
 
