@@ -143,17 +143,22 @@ class ClientConnection:
     async def run(self) -> None:
         stream = self.stream
         try:
-            with self.whole_scope:
-                try:
+            try:
+                with self.whole_scope:
                     session = await self._run()
-                    if session is not None:
+                if session is not None:
+                    if self.whole_scope.cancel_called:
+                        session.close()  # closed (idle, shutdown) before it began
+                    else:
+                        # Not inside whole_scope: the session's nursery takes its
+                        # place (see Session.run), one cancel scope less (#15).
                         await session
-                except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-                    # A reset or a vanished peer is routine: one debug line, no traceback.
-                    exc = group.exceptions[0]
-                    log.debug(
-                        "connection %s lost: %s", self.peer, cause(exc), extra={"peer": self.peer}
-                    )
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                # A reset or a vanished peer is routine: one debug line, no traceback.
+                exc = group.exceptions[0]
+                log.debug(
+                    "connection %s lost: %s", self.peer, cause(exc), extra={"peer": self.peer}
+                )
         finally:
             if self.session is not None:
                 self.session.abandon()

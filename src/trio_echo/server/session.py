@@ -251,8 +251,13 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
 
     async def run(self, initial: bytes) -> None:
         ctx = self.ctx
+        state = self.state
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            # The nursery's scope is the connection's whole scope from now on
+            # (ClientConnection.run left its own before the session began): one
+            # cancel scope less per connection (#15). Cancelling it ends the session.
+            state.whole_scope = nursery.cancel_scope
             if self.framed:
                 hello = ctx.hellos[self.state.version]
                 self._enqueue(wire.encode_notification("hello", [hello], pack=ctx.pack))
@@ -281,8 +286,10 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
                 self.wake.unpark_all()
             if self.age_scope is not None:
                 self.age_scope.cancel()
-        if self.outbox:
-            await self._flush()
+        if self.outbox and not nursery.cancel_scope.cancel_called:
+            # The last replies; closing the connection (whole_scope) stops this send too.
+            with trio.CancelScope() as state.whole_scope:
+                await self._flush()
 
     async def _run_age_timer(self) -> None:
         assert self.age_scope is not None
@@ -348,8 +355,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         ctx = self.ctx
         max_inflight = ctx.max_inflight
         receive = self.receive
-        feed = self.decoder.feed
-        process = self._process
+        # (self.decoder.feed and self._process are not kept in locals: each bound
+        # method would cost 64 B for as long as the connection is idle, #15.)
         while True:
             if self.reader is not token:
                 # A handler this task ran blocked, and reading was offered to a worker.
@@ -398,8 +405,8 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
             state.bytes_in += n
             ctx.bytes_in += n
             # The hot path: decode and answer at once (the backlog is empty here).
-            items = feed(data)
-            done = process(items)
+            items = self.decoder.feed(data)
+            done = self._process(items)
             if done < len(items):
                 self._hold(self.decoder.rewind(done))
             # Drop the read's decoded objects before the next await: kept until the

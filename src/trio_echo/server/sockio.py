@@ -20,10 +20,10 @@ use it.
 
 from __future__ import annotations
 
-import functools
 import os
 import select
 import socket
+import types
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -44,7 +44,9 @@ def socket_fd(stream: trio.abc.Stream) -> int:
 def receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytearray]]:
     """The stream's ``receive_some``, or :func:`receive` on its socket when it has one."""
     fd = socket_fd(stream)
-    return stream.receive_some if fd < 0 else functools.partial(receive, fd)
+    # receive bound to fd as a method: called like the partial it stands for, in
+    # one 48-byte object where a partial takes ~190 B of every connection (#15).
+    return stream.receive_some if fd < 0 else types.MethodType(receive, fd)
 
 
 async def receive(fd: int, max_bytes: int) -> bytes:
