@@ -41,7 +41,6 @@ import collections
 import errno
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -82,6 +81,24 @@ _LARGE: Final = wire.LargeMessage
 NO_DEQUE: Final[collections.deque[Any]] = ()  # type: ignore[assignment]
 #: Stands in for an empty set of msgids that was never needed.
 NO_MSGIDS: Final[set[int]] = frozenset()  # type: ignore[assignment]
+
+
+class _Leader:
+    """A reading task's token (Session.reader), called when a handler it runs is
+    about to block. One small object where a closure and a token took ~200 B (#15)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __call__(self) -> None:
+        # A handler is about to block this task: let a worker read meanwhile.
+        session = self.session
+        if session.reader is self:
+            session.reader = None
+            session.reader_wanted = True
+            session._on_block()
 
 
 class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
@@ -303,19 +320,19 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         a handler this task ran blocked and another task took over reading
         meanwhile (leader/follower: whoever is free reads). Running the calls
         of a read in the reading task itself means an async handler that
-        does not block costs no task switch at all.
+        does not block costs no task switch at all. (The read loop is written
+        inline, not in a coroutine of its own: a frame less while idle, #15.)
         """
         state = self.state
-        token = object()
+        ctx = self.ctx
+        max_inflight = ctx.max_inflight
+        receive = self.receive
+        fd = self.fd
+        read_now = _sockio.read_now
+        # (self.decoder.feed and self._process are not kept in locals: each bound
+        # method would cost 64 B for as long as the connection is idle, #15.)
+        token = on_block = _Leader(self)
         self.reader = token
-
-        def on_block() -> None:
-            # A handler is about to block this task: let a worker read meanwhile.
-            if self.reader is token:
-                self.reader = None
-                self.reader_wanted = True
-                self._on_block()
-
         while True:
             # One cancel scope serves every call this task runs until one of
             # them is cancelled: a scope per read cost ~8% of an async echo.
@@ -324,9 +341,81 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
             # calls already read run on and get answered. (One scope, not two
             # nested: each costs ~600 B while the connection is idle.)
             running: list[Call | None] = [None]
+            # True when reading is over, None when another task reads now,
+            # False when the scope must be replaced.
+            over: bool | None = True
             with trio.CancelScope() as scope:
                 state.read_scope = scope
-                over = await self._read_loop(token, on_block, scope, running)
+                while True:
+                    if self.reader is not token:
+                        # A handler this task ran blocked, and reading was offered to a worker.
+                        if self.reader is not None or not self.reader_wanted:
+                            # Another task reads now; send what this one answered.
+                            if self.outbox:
+                                await self._flush()
+                            over = None
+                            break
+                        # Nobody took over while the handler ran: carry on reading.
+                        self.reader_wanted = False
+                        self.reader = token
+                    if self.backlog or self.stream_backlog:
+                        await self._drain()
+                    if self.queue:
+                        if not await self._run_session(on_block, scope, running):
+                            over = False
+                            break
+                        continue
+                    if self.outbox and not self._write_now():
+                        await self._flush()
+                    if self.closing:  # a fatal error, reached in order (backlog first)
+                        over = True
+                        break
+                    while self.outbox and self._backed_up():
+                        if state.stop_requested and not self.backlog:
+                            break
+                        # Shutdown may cut this wait short only if nothing read is
+                        # pending: requests already read get answered like the rest.
+                        state.in_read = not self.backlog
+                        await self._wait_for_room()
+                        state.in_read = False
+                    if self.eof or state.stop_requested:
+                        if not self.backlog:
+                            over = True  # EOF or shutdown: answer what is in flight, then close
+                            break
+                        if self.streams and not self.input_over:
+                            self._end_of_input()  # streams waiting on the client must not hold room
+                        await self._wait_for_room()  # requests already read are answered too
+                        continue
+                    if self.active >= max_inflight and self.going_away is None:
+                        await self._listen_while_full()
+                        continue
+                    state.in_read = True
+                    if fd < 0:
+                        data = await receive(RECEIVE_SIZE)
+                    else:
+                        # sockio.receive, written out: a coroutine less while idle (#15).
+                        await trio.lowlevel.checkpoint()
+                        while (got := read_now(fd, RECEIVE_SIZE)) is None:
+                            await trio.lowlevel.wait_readable(fd)
+                        data = got
+                    state.in_read = False
+                    if not data:
+                        over = True  # EOF: answer what is in flight, then close
+                        break
+                    n = len(data)
+                    state.bytes_in += n
+                    ctx.bytes_in += n
+                    # The hot path: decode and answer at once (the backlog is empty here).
+                    items = self.decoder.feed(data)
+                    done = self._process(items)
+                    if done < len(items):
+                        self._hold(self.decoder.rewind(done))
+                    # Drop the read's decoded objects before the next await: kept until the
+                    # next read, a 60 KiB message of empty arrays holds ~4 MiB of objects for
+                    # as long as its connection is idle or full (issue #10).
+                    del items, data
+                    if self.held or self.decoder.pending:
+                        self._account()
             if self._interrupted(running):
                 continue  # a fresh scope for the next calls
             if scope.cancelled_caught:
@@ -341,80 +430,6 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         self.read_over = True
         if self.read_done is not None:
             self.read_done.set()
-
-    async def _read_loop(
-        self,
-        token: object,
-        on_block: Callable[[], None],
-        scope: trio.CancelScope,
-        running: list[Call | None],
-    ) -> bool | None:
-        """The body of _lead. Returns True when reading is over, None when
-        another task reads now, False when ``scope`` must be replaced."""
-        state = self.state
-        ctx = self.ctx
-        max_inflight = ctx.max_inflight
-        receive = self.receive
-        # (self.decoder.feed and self._process are not kept in locals: each bound
-        # method would cost 64 B for as long as the connection is idle, #15.)
-        while True:
-            if self.reader is not token:
-                # A handler this task ran blocked, and reading was offered to a worker.
-                if self.reader is not None or not self.reader_wanted:
-                    # Another task reads now; send what this one answered.
-                    if self.outbox:
-                        await self._flush()
-                    return None
-                # Nobody took over while the handler ran: carry on reading.
-                self.reader_wanted = False
-                self.reader = token
-            if self.backlog or self.stream_backlog:
-                await self._drain()
-            if self.queue:
-                if not await self._run_session(on_block, scope, running):
-                    return False
-                continue
-            if self.outbox and not self._write_now():
-                await self._flush()
-            if self.closing:  # a fatal error, reached in order (backlog first)
-                return True
-            while self.outbox and self._backed_up():
-                if state.stop_requested and not self.backlog:
-                    break
-                # Shutdown may cut this wait short only if nothing read is
-                # pending: requests already read get answered like the rest.
-                state.in_read = not self.backlog
-                await self._wait_for_room()
-                state.in_read = False
-            if self.eof or state.stop_requested:
-                if not self.backlog:
-                    return True  # EOF or shutdown: answer what is in flight, then close
-                if self.streams and not self.input_over:
-                    self._end_of_input()  # streams waiting on the client must not hold room
-                await self._wait_for_room()  # requests already read are answered too
-                continue
-            if self.active >= max_inflight and self.going_away is None:
-                await self._listen_while_full()
-                continue
-            state.in_read = True
-            data = await receive(RECEIVE_SIZE)
-            state.in_read = False
-            if not data:
-                return True  # EOF: answer what is in flight, then close
-            n = len(data)
-            state.bytes_in += n
-            ctx.bytes_in += n
-            # The hot path: decode and answer at once (the backlog is empty here).
-            items = self.decoder.feed(data)
-            done = self._process(items)
-            if done < len(items):
-                self._hold(self.decoder.rewind(done))
-            # Drop the read's decoded objects before the next await: kept until the
-            # next read, a 60 KiB message of empty arrays holds ~4 MiB of objects for
-            # as long as its connection is idle or full (issue #10).
-            del items, data
-            if self.held or self.decoder.pending:
-                self._account()
 
     def _process_metered(self, items: list[Any]) -> int:
         """Dispatcher._process, then the batch's quick calls observed (metrics on only)."""

@@ -52,14 +52,22 @@ def receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytea
 async def receive(fd: int, max_bytes: int) -> bytes:
     """Like ``receive_some``: one checkpoint (where cancellation lands), then the read."""
     await trio.lowlevel.checkpoint()
-    while True:
-        try:
-            return os.read(fd, max_bytes)
-        except BlockingIOError:
-            pass
-        # Waiting outside the except clause: inside it, the BlockingIOError and its
-        # traceback (~500 B) would be kept for as long as the connection is idle.
+    while (data := read_now(fd, max_bytes)) is None:
         await trio.lowlevel.wait_readable(fd)
+    return data
+
+
+def read_now(fd: int, max_bytes: int) -> bytes | None:
+    """Read what the kernel has, without blocking; None if nothing is there yet.
+
+    The BlockingIOError is caught here, in a frame that ends at once: caught in a
+    coroutine that then waits for readability, it (and the frame object its
+    traceback makes) would be kept for as long as the connection is idle (#15).
+    """
+    try:
+        return os.read(fd, max_bytes)
+    except BlockingIOError:
+        return None
 
 
 def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:
