@@ -7,6 +7,9 @@ alternating order so that the machine's drift hits them all alike:
   as it comes with a credit window of ``--window`` (``trio-echo bench --stream``'s
   client: a plain socket, refilled at half the window);
 * **trio_echo unary**: ``echo`` of a 64-byte bin, ``--pipeline`` calls in flight;
+* **trio_echo client stream**: the same stream consumed by ``trio_echo``'s async
+  client (``async with client.stream(...)``, ``async for``, its default window):
+  what a Python user's loop gets, beside gRPC's own Python client;
 * **gRPC stream**: ``grpc.aio``'s server stream of the same items
   (``benchmarks/grpc_echo.py``'s ``Ticks``), consumed by a ``grpc.aio`` client
   on one channel: what a user would otherwise pick. Needs ``grpcio`` (the
@@ -36,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trio_echo.bench.stream import measure_stream, measure_unary
+from trio_echo.client.core import DEFAULT_STREAM_WINDOW
 
 HERE = Path(__file__).resolve().parent
 SIZE = 64
@@ -95,6 +99,38 @@ def grpc_stream_rate(port: int, duration: float, warmup: float) -> tuple[int, fl
     return asyncio.run(main())
 
 
+def client_stream_rate(port: int, duration: float, warmup: float) -> tuple[int, float]:
+    """Items per second of ``ticks`` consumed by the async client with its default window."""
+    import trio
+
+    import trio_echo
+
+    async def main() -> tuple[int, float]:
+        async with (
+            trio_echo.open_client("127.0.0.1", port) as client,
+            client.stream("ticks", 2**31 - 1, 0, SIZE) as stream,
+        ):
+            count = 0
+            base: int | None = None
+            start = time.perf_counter() + warmup
+            end = 0.0
+            async for item in stream:
+                count += 1
+                if count & 1023:
+                    continue
+                if len(item) != SIZE:
+                    raise RuntimeError("bad item")
+                now = time.perf_counter()
+                if base is None:
+                    if now >= start:
+                        base, start, end = count, now, now + duration
+                elif now >= end:
+                    return count - base, now - start  # leaving the block cancels
+        raise RuntimeError("the stream ended early")
+
+    return trio.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -134,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             "trio_echo unary": lambda: measure_unary(
                 "127.0.0.1", trio_port, SIZE, args.pipeline, args.duration, args.warmup
             ),
+            "trio_echo client stream": lambda: client_stream_rate(
+                trio_port, args.duration, args.warmup
+            ),
         }
         if grpc_port:
             runs["gRPC stream"] = lambda: grpc_stream_rate(grpc_port, args.duration, args.warmup)
@@ -156,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| trio_echo server stream (window {args.window}) | {stream:,.0f} items | 1 |")
     print(f"| trio_echo unary echo ({args.pipeline} in flight) | {unary:,.0f} calls | "
           f"{stream / unary:.2f}x fewer |")  # fmt: skip
+    client = median["trio_echo client stream"]
+    print(f"| trio_echo async client's stream (`async for`, window {DEFAULT_STREAM_WINDOW}) | "
+          f"{client:,.0f} items | {stream / client:.2f}x fewer |")  # fmt: skip
     if "gRPC stream" in median:
         grpc_rate = median["gRPC stream"]
-        print(f"| gRPC server stream (grpc.aio) | {grpc_rate:,.0f} items | "
+        print(f"| gRPC server stream (grpc.aio, its own Python client) | {grpc_rate:,.0f} items | "
               f"{stream / grpc_rate:.2f}x fewer |")  # fmt: skip
+        print(f"\ntrio_echo's async client / gRPC's client = {client / grpc_rate:.2f}")
     goal = "met" if stream >= 3 * unary else "NOT met"
     print(f"\nstream / unary = {stream / unary:.2f} (goal >= 3: {goal})")
     if args.json:

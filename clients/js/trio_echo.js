@@ -40,7 +40,7 @@ const CANCEL = 3;
 const ITEMS = 4; // §12.2, version 2 only
 const CREDIT = 5;
 /** §12.3: the credit a server stream starts with; half of it is granted again as it is consumed. */
-export const STREAM_WINDOW = 16;
+export const STREAM_WINDOW = 128;
 
 /** The server answered with an error (§4.3); `code` is one of the §6 codes. */
 export class RemoteError extends Error {
@@ -484,7 +484,7 @@ export class Client {
 
   /**
    * A server stream (§12) of `method` called with the array `params`, as an
-   * async iterator (see ServerStream). Options: `window` (the credit, 16 by
+   * async iterator (see ServerStream). Options: `window` (the credit, 128 by
    * default), `timeoutMs` (the whole call, sent as timeout_ms) and `signal`
    * (an AbortSignal: on abort the stream is cancelled and the loop throws the
    * signal's reason).

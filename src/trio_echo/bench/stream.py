@@ -96,7 +96,7 @@ def measure_unary(
             again = []
             for reply in replies:
                 if reply[2] is not None or reply[3] != payload:
-                    raise RuntimeError(f"unexpected reply {reply!r}")
+                    raise RuntimeError(f"unexpected reply {wire.quote(reply)}")
                 again.append(requests[reply[1]])
             done += len(replies)
             if clock.over(done):
@@ -121,7 +121,11 @@ def measure_stream(
                 raise ConnectionError("the server closed the connection")
             for message in decoder.feed(data):
                 if message[0] != wire.MessageType.ITEMS:
-                    raise RuntimeError(f"unexpected message {message!r}")
+                    raise RuntimeError(f"unexpected message {wire.quote(message)}")
+                # One item per message is checked: every item would slow the client.
+                first = message[2][0]
+                if not isinstance(first, bytes) or len(first) != size:
+                    raise RuntimeError(f"not a {size}-byte item: {wire.quote(first)}")
                 n = len(message[2])
                 received += n
                 consumed += n
