@@ -18,6 +18,8 @@ from trio_echo.wire import Credit, End, ErrorResponse, Items, Response
 
 from helpers import ServerProcess, eventually, proc_status_kib, quiet, reset, run_cli, tcp_server
 
+MALFORMED_EARLY = "stream protocol error: items before the server's go-ahead (its first credit)"
+
 
 class RawPeer:
     """A version 2 framed client on a blocking socket, speaking exactly what it is told."""
@@ -213,3 +215,19 @@ async def test_a_thousand_streams_at_once_on_one_connection() -> None:
         assert len(counts) == 1000
         assert all(items == list(range(20)) for items in counts.values())
         assert server.stats()["requests_in_flight"] == 0
+
+
+def test_items_sent_with_their_request_came_before_the_go_ahead() -> None:
+    with ServerProcess() as srv:
+        peer = RawPeer(srv.port)
+        with peer.sock:
+            # One write: whatever the server does first, the client saw no go-ahead.
+            request = wire.encode_request(1, "sum", [], {"stream": "client"})
+            peer.sock.sendall(request + wire.encode_items(1, [1]))
+            events = peer.until(ErrorResponse(1, "malformed", MALFORMED_EARLY))
+            assert all(e == Credit(1, 16) for e in events[:-1]), events
+            # Items sent after the go-ahead came are the stream's; the connection carried on.
+            peer.send(wire.Request(2, "sum", [], {"stream": "client"}))
+            assert peer.next_event() == Credit(2, 16)
+            peer.sock.sendall(wire.encode_items(2, [1, 2]) + wire.encode_end(2))
+            assert peer.until(Response(2, 3))[-1] == Response(2, 3)

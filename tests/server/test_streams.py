@@ -362,6 +362,26 @@ async def test_stream_protocol_errors_end_that_call_with_malformed(
         assert server.stats()["requests_in_flight"] == 0
 
 
+async def test_items_read_with_their_request_came_before_the_go_ahead() -> None:
+    probe = Probe()
+    async with v2(probe.service) as (server, peer):
+        # In one write: the client cannot have seen a go-ahead.
+        request = wire.encode_request(1, "collect", [], {"stream": "client"})
+        await peer.stream.send_all(request + wire.encode_items(1, [1]))
+        reply = await peer.next_event()
+        if reply == Credit(1, 16):  # the go-ahead, if the handler started first
+            reply = await peer.next_event()
+        assert isinstance(reply, ErrorResponse) and reply.code == "malformed", reply
+        assert "before the server's go-ahead" in reply.message
+        assert probe.received == []
+        # After the go-ahead, in a read of their own, items are the stream's.
+        await peer.request(2, "collect", stream="client")
+        assert await peer.next_event() == Credit(2, 16)
+        await peer.send(Items(2, [1, 2]), End(2))
+        assert await peer.next_event() == Response(2, [1, 2])
+        assert server.stats()["requests_in_flight"] == 0
+
+
 async def test_malformed_stream_messages() -> None:
     probe = Probe()
     async with v2(probe.service) as (_, peer):

@@ -87,6 +87,7 @@ class ServerStream:
         "end_error",
         "ended",
         "error",
+        "go_read",
         "kind",
         "lot",
         "msgid",
@@ -115,6 +116,9 @@ class ServerStream:
         #: Why the stream was ended by the server (a protocol error): (code, message, data).
         self.error: tuple[str, str, Any] | None = None
         self.started = False
+        #: The connection's bytes_in when the go-ahead was granted (-1: not yet).
+        #: Items read up to then were sent before the client could have seen it.
+        self.go_read = -1
         #: Tasks waiting for credit or items park here.
         self.lot = trio.lowlevel.ParkingLot()
         self.call: StreamCall | None = None
@@ -376,6 +380,7 @@ class Streams:
             handler = method.fn(*args, *params)
             if stream.receives and not stream.ended:
                 self._grant(stream, stream.window)  # the go-ahead
+                stream.go_read = self.state.bytes_in
             result = None
             if method.generator:
                 await self._produce(stream, handler)
@@ -547,6 +552,10 @@ class Streams:
             items = event.items
             if stream.ended:
                 self._end_stream(stream, "items after the client's end")
+            elif stream.receives and stream.go_read in (-1, self.state.bytes_in):
+                # No go-ahead yet, or read before it was queued (so sent): the rest
+                # of the request's own read may be applied after its handler started.
+                self._end_stream(stream, _BEFORE_GO_AHEAD)
             elif len(items) > stream.recv_credit:
                 self._end_stream(
                     stream,
@@ -574,7 +583,7 @@ class Streams:
         if early.error is not None:
             return
         if type(event) is wire.Items:
-            early.error = "items before the server's go-ahead (its first credit)"
+            early.error = _BEFORE_GO_AHEAD
         elif type(event) is wire.Credit:
             early.credit += event.n
             if early.credit > wire.MAX_CREDIT:
@@ -622,6 +631,7 @@ class Streams:
             stream.lot.unpark_all()
 
 
+_BEFORE_GO_AHEAD: Final = "items before the server's go-ahead (its first credit)"
 _TOO_MUCH_CREDIT: Final = f"more than {wire.MAX_CREDIT} credits outstanding"
 
 
