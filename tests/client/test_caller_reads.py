@@ -91,6 +91,38 @@ async def test_followers_get_their_replies_from_the_reading_caller(leader_first:
     assert client.core.pending == {}
 
 
+async def test_callers_woken_together_call_again_through_the_queue() -> None:
+    # Rounds of concurrent calls, each round answered at once: once several callers
+    # were woken together, none of them takes the read role for itself when it calls
+    # again (that would split the round's requests in two writes and move the role
+    # every round); the reader task reads. A lone caller reads for itself again.
+    callers, rounds = 5, 3
+    async with socket_pair() as (client, server):
+        conn = client._current
+
+        async def caller(name: int) -> None:
+            for n in range(rounds):
+                assert await client.call("echo", [name, n]) == [name, n]
+
+        async with trio.open_nursery() as nursery:
+            for name in range(callers):
+                nursery.start_soon(caller, name)
+            for n in range(rounds):
+                reqs = [await request(server) for _ in range(callers)]
+                await trio.testing.wait_all_tasks_blocked()
+                if n:
+                    assert conn._reading is conn._reader_task
+                await server.send(*[wire.Response(r.msgid, r.params[0]) for r in reqs])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server_echoes_one, server)
+            assert await client.call("echo", "alone") == "alone"  # through the reader, once
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.call, "echo", "alone again")
+            req = await request(server)
+            await reading_caller(client)  # a lone caller reads for itself again
+            await server.send(wire.Response(req.msgid, req.params[0]))
+
+
 async def test_cancelled_while_reading_sends_cancel_and_keeps_the_msgid() -> None:
     async with socket_pair() as (client, server):
         with trio.move_on_after(0.05) as scope:

@@ -159,6 +159,12 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         self._read_scope = trio.CancelScope()
         self._reader_lot = trio.lowlevel.ParkingLot()
         self._called = False
+        # Several callers were woken at once and have not all called again yet (the
+        # reader clears it once it waited for the socket, after they ran). Meanwhile a
+        # new call takes the queue even if nothing is pending: had the first of them
+        # written and read for itself, each round of concurrent calls would be split
+        # in two writes, and the read role would change hands every round.
+        self._crowd = False
 
     # -- calls -----------------------------------------------------------------------
 
@@ -176,7 +182,13 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             GoingAway: the server said goaway first; the request was not sent.
         """
         core = self._core
-        if not core.pending and self._fd >= 0 and not self._outbox and not self._writing:
+        if (
+            not core.pending
+            and not self._crowd
+            and self._fd >= 0
+            and not self._outbox
+            and not self._writing
+        ):
             return self._call_reading(method, params, timeout, attempts)
         if self._outbox_bytes > OUTBOX_HIGH_WATER_BYTES:
             return self._call_when_room(method, params, timeout, attempts)
@@ -405,6 +417,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             if waiter is me:
                 mine = (result, error)
             else:
+                self._crowd = True  # another caller, woken: calls are concurrent
                 trio.lowlevel.reschedule(
                     waiter, outcome.Value(result) if error is None else outcome.Error(error)
                 )
@@ -432,7 +445,10 @@ class Connection(ClientBase[trio.lowlevel.Task]):
         try:
             data: bytes | bytearray | None = None  # first, the events that arrived with the hello
             while True:
-                for task, result, error in core.receive(data):
+                replies = core.receive(data)
+                if len(replies) > 1:
+                    self._crowd = True  # they will call again together (see __init__)
+                for task, result, error in replies:
                     reschedule(
                         task, outcome.Value(result) if error is None else outcome.Error(error)
                     )
@@ -483,6 +499,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
                 return os.read(self._fd, RECEIVE_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._fd)
+                self._crowd = False  # the callers woken before the wait have run
         return None
 
     # -- ending --------------------------------------------------------------------------
