@@ -256,6 +256,35 @@ def test_stream_splits_do_not_matter(batch: list[Any], tail: bytes, cuts: list[i
 
 @SPLITS
 @given(
+    batches=st.tuples(message_streams, message_streams),
+    tails=st.tuples(st.binary(max_size=40), st.binary(max_size=40)),
+    cuts=st.tuples(st.lists(st.integers(0, 600)), st.lists(st.integers(0, 600))),
+)
+def test_shared_stream_decoders_decode_as_their_own(
+    batches: tuple[list[Any], list[Any]],
+    tails: tuple[bytes, bytes],
+    cuts: tuple[list[int], list[int]],
+) -> None:
+    # Decoders with shared=True borrow one hot-path Unpacker (the server's
+    # msgpack-rpc connections, #15): two streams fed alternately, each cut
+    # anywhere, ending mid-message or in junk, decode as each would alone.
+    data = [
+        b"".join(encode(e, False) for e in batch) + tail
+        for batch, tail in zip(batches, tails, strict=True)
+    ]
+    chunks = [split_at(d, c) for d, c in zip(data, cuts, strict=True)]
+    alone = [feed_all(StreamDecoder(max_frame=300), c) for c in chunks]
+    shared = [StreamDecoder(max_frame=300, shared=True) for _ in chunks]
+    got: list[list[Any]] = [[], []]
+    for pair in itertools.zip_longest(*chunks):
+        for i, chunk in enumerate(pair):
+            if chunk is not None:
+                got[i] += shared[i].feed(chunk)
+    assert got == alone
+
+
+@SPLITS
+@given(
     batch=message_streams,
     junk=st.binary(max_size=60),
     cuts=st.lists(st.integers(0, 600)),

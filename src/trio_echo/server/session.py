@@ -170,9 +170,15 @@ class Session(Dispatcher, CallRunner, Outbox, Goaway, Streams):
         self.version = state.version if framed else wire.PROTOCOL_VERSION
         #: Streams (protocol.md §12) exist on version 2 framed connections.
         self.stream_version = self.version >= wire.STREAM_VERSION
+        max_frame, max_containers, large = ctx.max_frame, ctx.max_containers, wire.LARGE_MESSAGE
         self.decoder: wire.FrameDecoder | wire.StreamDecoder = (
-            wire.FrameDecoder if framed else wire.StreamDecoder
-        )(ctx.max_frame, max_containers=ctx.max_containers, large=wire.LARGE_MESSAGE)
+            wire.FrameDecoder(max_frame, max_containers=max_containers, large=large)
+            if framed
+            # shared: one hot-path Unpacker for all msgpack-rpc connections (#15).
+            else wire.StreamDecoder(
+                max_frame, max_containers=max_containers, large=large, shared=True
+            )
+        )
         self.calls: dict[int, Call] = {}
         self.active = 0  # requests + notifications running on this connection
         self.outbox: list[bytes] = []
