@@ -137,10 +137,13 @@ class Server:
     modes: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     own_methods: bool = False  # serves the scenarios' methods; else is called with echo
+    for_method: str = ""  # only the scenarios of trio_echo's method of that name
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
     def serves(self, sc: Scenario) -> bool:
+        if self.for_method and sc.method != self.for_method:
+            return False
         return sc.mode in self.modes or "any" in self.modes
 
     def mode_for(self, sc: Scenario) -> str:
@@ -666,6 +669,8 @@ def _server_panel(
                 note = "-"
             if srv.mode_for(sc) != sc.mode:
                 note += "\nraw"
+            elif srv.method_for(sc) != sc.method:
+                note += f"\n({srv.method_for(sc)})"
             if bound:
                 note += "\nclient-\nbound"
             ax.text(x, y * 1.03, note, ha="center", va="bottom", fontsize=6.5,
@@ -946,16 +951,22 @@ def kit(path: Path) -> tuple[list[Server], list[Server], list[ClientScenario]]:
     """What the shared bench kit (set up by its ``setup_peers.sh``) adds to the run.
 
     The Trio RPC floor (``rpc_trio_min.py``, one server per mode, run with this
-    interpreter), the msgpack-rpc peers (each in its own venv, TCP_NODELAY on),
+    interpreter; beside the ``async def`` handler, its naive task-per-request
+    variant), the msgpack-rpc peers (each in its own venv, TCP_NODELAY on),
     and each peer's own client calling it in a loop. These are measurement
     tools run as they are; nothing of them is copied here.
     """
     servers = path / "servers"
+    floor = [sys.executable, str(servers / "rpc_trio_min.py")]
     floors = [
-        Server(FLOOR, [sys.executable, str(servers / "rpc_trio_min.py"), f"--{mode}",
-                       "--port", "{port}"], (mode,))
+        Server(FLOOR, [*floor, f"--{mode}", "--port", "{port}"], (mode,), for_method="echo")
         for mode in ("framed", "mprpc")
-    ]  # fmt: skip
+    ]
+    # Beside trio_echo's async def handler: the naive design, a task per request.
+    floors.append(
+        Server(f"{FLOOR}, task per request", [*floor, "--framed", "--spawn", "--port", "{port}"],
+               ("framed",), for_method="aecho")
+    )  # fmt: skip
     peers, clients = [], []
     for label, venv, script, opts, peer, versus in PEERS:
         python = path / venv / "bin" / "python"
@@ -1063,7 +1074,13 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(args.render.read_text())
         meta = data["meta"]
         servers = [
-            Server(srv["label"], [], tuple(srv["modes"]), own_methods=srv["own_methods"])
+            Server(
+                srv["label"],
+                [],
+                tuple(srv["modes"]),
+                own_methods=srv["own_methods"],
+                for_method=srv.get("for_method", ""),
+            )
             for srv in meta["servers"]
         ]
         scenarios = [sc for sc in SCENARIOS if sc.name in data["scenarios"]]
@@ -1082,7 +1099,13 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "load": "loadgen" if args.loadgen else "trio-echo bench",
             "servers": [
-                {"label": s.label, "modes": s.modes, "own_methods": s.own_methods} for s in servers
+                {
+                    "label": s.label,
+                    "modes": s.modes,
+                    "own_methods": s.own_methods,
+                    "for_method": s.for_method,
+                }
+                for s in servers
             ],
             "client_scenarios": [dataclasses.asdict(c) for c in client_scenarios],
         }
