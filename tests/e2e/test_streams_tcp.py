@@ -3,6 +3,7 @@ consumer beside a unary caller, connection loss, a thousand streams on one conne
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import statistics
@@ -31,6 +32,12 @@ class RawPeer:
         self.sock.sendall(self.conn.initiate())
         hello = self.next_event()
         assert isinstance(hello, wire.Notification) and hello.params[0]["protocol"] == 2
+
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
 
     def until(self, *wanted: wire.Event) -> list[wire.Event]:
         """Events up to the moment every one of ``wanted`` has come."""
@@ -62,8 +69,7 @@ class RawPeer:
 
 
 def test_bare_socket_streams_sent_a_byte_at_a_time() -> None:
-    with ServerProcess("--stream-credit", "4") as srv:
-        peer = RawPeer(srv.port)
+    with ServerProcess("--stream-credit", "4") as srv, RawPeer(srv.port) as peer:
         data = (
             wire.encode_request(1, "ticks", [3, 0], {"stream": "server", "credit": 2})
             + wire.encode_request(2, "sum", [], {"stream": "client"})
@@ -94,14 +100,20 @@ def test_bare_socket_streams_sent_a_byte_at_a_time() -> None:
 def test_a_frozen_consumer_delays_no_unary_call_and_costs_bounded_memory() -> None:
     """Unary p99 on the connection of 50 frozen streams stays within 2x of its value without
     them, and the server sends (and holds) only their credit's worth of items."""
-    with ServerProcess() as srv:
-        peer = RawPeer(srv.port)
+    with ServerProcess() as srv, RawPeer(srv.port) as peer:
         msgid = iter(range(10, 10**9))
 
         def p99(calls: int = 1500) -> float:
             for _ in range(100):  # warm up
                 peer.call_latency(next(msgid))
-            samples = sorted(peer.call_latency(next(msgid)) for _ in range(calls))
+            # The server's latency is measured, not this process's garbage collector (in
+            # the full suite its heap is large, and decoding the items triggers it).
+            gc.collect()
+            gc.disable()
+            try:
+                samples = sorted(peer.call_latency(next(msgid)) for _ in range(calls))
+            finally:
+                gc.enable()
             return samples[int(calls * 0.99)]
 
         def stats() -> dict[str, Any]:
@@ -109,7 +121,7 @@ def test_a_frozen_consumer_delays_no_unary_call_and_costs_bounded_memory() -> No
 
         frozen_ids = range(1000, 1050)
         base, frozen = [], []
-        for _ in range(3):  # alternate, so that the machine's load hits both alike
+        for _ in range(5):  # alternate, so that the machine's load hits both alike
             base.append(p99())
             sent_before = stats()["bytes_out"]
             rss_before = proc_status_kib(srv.proc.pid, "VmRSS")
@@ -118,6 +130,12 @@ def test_a_frozen_consumer_delays_no_unary_call_and_costs_bounded_memory() -> No
             peer.send(
                 *[wire.Request(i, "ticks", [wire.MAX_CREDIT, 0, 1024], options) for i in frozen_ids]
             )
+            items = 0
+            while items < 50 * 16:  # every stream has used its credit: frozen from here on
+                event = peer.next_event()
+                assert isinstance(event, Items), event
+                items += len(event.items)
+            assert items == 50 * 16
             frozen.append(p99())
             time.sleep(0.5)  # what a frozen consumer looks like: time passes, nothing is read
             sent = stats()["bytes_out"] - sent_before
@@ -132,8 +150,10 @@ def test_a_frozen_consumer_delays_no_unary_call_and_costs_bounded_memory() -> No
                 if isinstance(event, ErrorResponse):
                     assert event.code == "cancelled"
                     cancelled += 1
-        # Loopback round trips are ~0.1 ms: a floor keeps a scheduler hiccup from counting.
-        floor = 0.0005
+        # Loopback round trips are ~0.1 ms, and on a loaded 2-core machine other processes
+        # put a p99 anywhere up to ~3 ms: the floor keeps such hiccups from counting (a
+        # connection stalled by its frozen streams would miss it by far).
+        floor = 0.001
         assert statistics.median(frozen) <= 2 * max(statistics.median(base), floor), (base, frozen)
         peer.sock.close()
         assert srv.stop() == 0
@@ -218,16 +238,14 @@ async def test_a_thousand_streams_at_once_on_one_connection() -> None:
 
 
 def test_items_sent_with_their_request_came_before_the_go_ahead() -> None:
-    with ServerProcess() as srv:
-        peer = RawPeer(srv.port)
-        with peer.sock:
-            # One write: whatever the server does first, the client saw no go-ahead.
-            request = wire.encode_request(1, "sum", [], {"stream": "client"})
-            peer.sock.sendall(request + wire.encode_items(1, [1]))
-            events = peer.until(ErrorResponse(1, "malformed", MALFORMED_EARLY))
-            assert all(e == Credit(1, 16) for e in events[:-1]), events
-            # Items sent after the go-ahead came are the stream's; the connection carried on.
-            peer.send(wire.Request(2, "sum", [], {"stream": "client"}))
-            assert peer.next_event() == Credit(2, 16)
-            peer.sock.sendall(wire.encode_items(2, [1, 2]) + wire.encode_end(2))
-            assert peer.until(Response(2, 3))[-1] == Response(2, 3)
+    with ServerProcess() as srv, RawPeer(srv.port) as peer:
+        # One write: whatever the server does first, the client saw no go-ahead.
+        request = wire.encode_request(1, "sum", [], {"stream": "client"})
+        peer.sock.sendall(request + wire.encode_items(1, [1]))
+        events = peer.until(ErrorResponse(1, "malformed", MALFORMED_EARLY))
+        assert all(e == Credit(1, 16) for e in events[:-1]), events
+        # Items sent after the go-ahead came are the stream's; the connection carried on.
+        peer.send(wire.Request(2, "sum", [], {"stream": "client"}))
+        assert peer.next_event() == Credit(2, 16)
+        peer.sock.sendall(wire.encode_items(2, [1, 2]) + wire.encode_end(2))
+        assert peer.until(Response(2, 3))[-1] == Response(2, 3)
