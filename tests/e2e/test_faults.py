@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import resource
 import signal
 import socket
@@ -28,6 +27,7 @@ from helpers import (
     framed_peer,
     open_fds,
     quiet,
+    raw_bytes,
     read_to_eof,
     reset,
     tcp_server,
@@ -246,7 +246,7 @@ async def test_half_closed_client_gets_every_reply_then_the_close(mode: wire.Mod
 
 
 async def test_half_closed_raw_client_gets_every_byte_then_the_close() -> None:
-    data = os.urandom(3 << 20)
+    data = raw_bytes(3 << 20)
     async with tcp_server() as (server, port):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         got = b""

@@ -30,6 +30,7 @@ from helpers import (
     framed_peer,
     proc_status_kib,
     quiet,
+    raw_bytes,
     read_to_eof,
     tcp_server,
 )
@@ -321,7 +322,7 @@ async def test_idle_timeout_spares_a_request_in_flight_and_unsent_replies() -> N
             framed.send(wire.Request(i, "echo", [blob])) for i in range(24)
         )
         # Raw echo the client does not read: the echo is an unsent reply too.
-        data = os.urandom(24 << 20)
+        data = raw_bytes(24 << 20)
         # (Both connect only now: a connection silent for IDLE_S is rightly closed.)
         stream = await connect(port)
         raw = await connect(port)

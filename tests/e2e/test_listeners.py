@@ -18,7 +18,7 @@ from trio_echo import Server, wire
 from trio_echo.server.listeners import ListenerError, open_unix_listener, systemd_fds
 from trio_echo.wire import Response
 
-from helpers import Peer, ServerProcess, SyncPeer, serve_fails
+from helpers import Peer, ServerProcess, SyncPeer, raw_bytes, serve_fails
 
 UNIX_READY = r"trio-echo listening on unix:\S+"
 
@@ -79,7 +79,7 @@ async def test_three_modes_over_a_unix_socket(tmp_path: Path) -> None:
                         break
             assert got == [[1, 7, None, "pong"]]
         # raw echo with netcat
-        data = os.urandom(200_000)
+        data = raw_bytes(200_000)
         assert await trio.to_thread.run_sync(nc_unix, path, data) == data
         assert server.stats()["connections_total"] == 3
         server.shutdown()

@@ -16,7 +16,7 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.wire import Response
 
-from helpers import Peer, ServerProcess, framed_peer, tcp_server
+from helpers import Peer, ServerProcess, framed_peer, raw_bytes, tcp_server
 
 NC = ["nc", "-N", "127.0.0.1"]
 
@@ -35,7 +35,7 @@ async def test_netcat_hello() -> None:
 
 
 async def test_netcat_8_mib_with_half_close() -> None:
-    data = os.urandom(8 * 1024 * 1024)
+    data = raw_bytes(8 * 1024 * 1024)
     async with tcp_server() as (server, port):
         with trio.fail_after(60):
             got = await run_nc(port, data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from trio_echo import Server, wire
 from trio_echo.server import sockio
 from trio_echo.wire import Notification, Response
 
-from helpers import Peer, Pki, ServerProcess, serve_fails, tcp_server
+from helpers import Peer, Pki, ServerProcess, raw_bytes, serve_fails, tcp_server
 
 
 async def tls_stream(
@@ -73,7 +72,7 @@ async def test_framed_mprpc_and_raw_inside_tls(pki: Pki) -> None:
             assert got == [[1, 9, None, "pong"]]
         # Raw echo of 1 MiB: the bytes only come back right if the connection used the
         # SSLStream's methods rather than writing to the socket directly (sockio).
-        data = os.urandom(1 << 20)
+        data = raw_bytes(1 << 20)
         async with await tls_stream(port, ctx) as stream:
             got_back = b""
             async with trio.open_nursery() as nursery:

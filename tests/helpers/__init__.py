@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .codec import EXCEPTIONS, decode_all, encode, error_code, same
+from .codec import EXCEPTIONS, decode_all, encode, error_code, raw_bytes, same
 from .faults import (
     eventually,
     open_fds,
@@ -56,6 +56,7 @@ __all__ = [
     "decode_all",
     "encode",
     "error_code",
+    "raw_bytes",
     "eventually",
     "framed_peer",
     "free_port",

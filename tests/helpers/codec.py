@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import trio_echo
@@ -91,3 +92,12 @@ EXCEPTIONS = {
     "overloaded": trio_echo.Overloaded,
     "unavailable": trio_echo.Unavailable,
 }
+
+
+def raw_bytes(n: int) -> bytes:
+    """``n`` random bytes that a server in auto mode takes for raw echo.
+
+    A first byte of 0x93/0x94 opens a msgpack-rpc stream (protocol.md §2): bare
+    random data starts with one once in 128 tries.
+    """
+    return b"R" + os.urandom(n - 1)
