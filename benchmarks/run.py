@@ -592,10 +592,10 @@ def chart(
     flight is a latency figure, left to the table): over every other server's
     bar, trio_echo's ratio to it; a baseline driven with raw bytes says so, and
     a run where the load generator (not the server) was the limit is hatched
-    and marked. Bottom, each client with its own server, where the Python
-    client is the limit (the panel says so): trio_echo's clients beside the
-    bare loops, their previous version and the alternatives, with the ratios on
-    the bars. The caption names the machine and the command.
+    and marked. Bottom, each client with its own server (client figures, not
+    server figures; each bar says the server's CPU): trio_echo's clients beside
+    the bare loops, their previous version and the alternatives, with the
+    ratios on the bars. The caption names the machine and the command.
     """
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]
@@ -742,9 +742,10 @@ def _client_panel(
     ax.set_xticks([t for t, _ in ticks], [n for _, n in ticks], rotation=30, ha="right",
                   fontsize=7)  # fmt: skip
     ax.set_title(
-        "\nClients, each calling its own server (64 B echo). Bound by the Python client, not"
-        " the server: client figures, not server figures.\nOn trio_echo's bars (blue): the"
-        " ratio to the bare loop; on an alternative's (red): trio_echo's client / it.",
+        "\nClients, each calling its own server (64 B echo): a client and its server together,"
+        " not server figures (server CPU near 100 %: the server was the limit, else the\n"
+        "client or the round trip). On trio_echo's bars (blue): the ratio to the bare loop;"
+        " on an alternative's (red): trio_echo's client / it.",
         fontsize=9,
     )
     ax.margins(y=0.45)
@@ -871,8 +872,9 @@ def report(
             " at once, one thread keeping 100 requests in flight on one socket). The"
             " alternatives run their own client and server: gRPC (`benchmarks/grpc_echo.py`:"
             " `grpc.aio`, bytes in and out) and, with `--kit`, the msgpack-rpc peers'"
-            " clients. Here the Python client is the limit, so these are client figures;"
-            " server CPU is the server's use in the same window:\n\n" + client_md + "\n"
+            " clients. These are figures of a client and its server together, not server"
+            " figures; server CPU is the server's use in the same window (near 100 %: the"
+            " server was the limit; else the client or the round trip was):\n\n" + client_md + "\n"
         )
     load = (
         "Servers driven by the shared kit's C load generator (`loadgen`: one epoll thread in C,"
