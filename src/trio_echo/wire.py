@@ -930,6 +930,12 @@ def _describe(exc: BaseException) -> str:
 _SHARED_FAST: dict[int, msgpack.Unpacker] = {}
 
 
+def _too_large(max_frame: int) -> str:
+    """The text of a stream message over max_frame: one text however the bytes were
+    split (the same message is refused on its header, on its size so far, or whole)."""
+    return f"message of more than max_frame ({max_frame} bytes)"
+
+
 class StreamDecoder:
     """Splits a bare msgpack-rpc byte stream into messages.
 
@@ -1044,7 +1050,7 @@ class StreamDecoder:
                     # (The messages before it came from this read: see rewind.)
                     self._last = data
                     self._last_fast = len(out)
-                    self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
+                    self._die(out, ErrorCode.FRAME_TOO_LARGE, _too_large(self.max_frame))
                     return out
             else:
                 fast.feed(_NIL)
@@ -1143,11 +1149,7 @@ class StreamDecoder:
                         break
                     end = scanner.tell() - base
                     if end - pos > max_frame:
-                        self._die(
-                            out,
-                            ErrorCode.FRAME_TOO_LARGE,
-                            f"message of {end - pos} bytes exceeds max_frame ({max_frame})",
-                        )
+                        self._die(out, ErrorCode.FRAME_TOO_LARGE, _too_large(max_frame))
                         return
                     raw = bytes(tail[pos:end])
                     pos = end
@@ -1169,16 +1171,12 @@ class StreamDecoder:
         except Exception as exc:
             # Not msgpack (or nested too deep): a bare stream cannot resynchronise.
             if len(tail) - pos > max_frame:
-                self._die(out, ErrorCode.FRAME_TOO_LARGE, f"message exceeds max_frame: {exc}")
+                self._die(out, ErrorCode.FRAME_TOO_LARGE, _too_large(self.max_frame))
             else:
                 self._die(out, ErrorCode.MALFORMED, _describe(exc))
             return
         if len(tail) - pos > max_frame:
-            self._die(
-                out,
-                ErrorCode.FRAME_TOO_LARGE,
-                f"message of more than {max_frame} bytes exceeds max_frame",
-            )
+            self._die(out, ErrorCode.FRAME_TOO_LARGE, _too_large(max_frame))
             return
         if pos:
             del tail[:pos]

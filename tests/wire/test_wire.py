@@ -77,10 +77,11 @@ def same_stream_outcome(data: bytes, chunks: list[bytes], max_frame: int) -> Non
     split_items = feed_all(split, chunks)
     whole_items = settled(whole, whole_items, split)
     split_items = settled(split, split_items, whole)
-    # Only the wording of a fatal violation may depend on the split, and its code in
-    # one case: a header announcing more than max_frame items is refused at once
-    # (frame_too_large) only in the read its message starts in; otherwise bytes that
-    # are not msgpack, after it, may end the stream first (malformed).
+    # Only the wording of a malformed stream's end may depend on the split (that of
+    # frame_too_large may not: one text for one limit), and its code in one case: a
+    # header announcing more than max_frame items is refused at once (frame_too_large)
+    # only in the read its message starts in; otherwise bytes that are not msgpack,
+    # after it, may end the stream first (malformed).
     a, b = stream_summary(split_items), stream_summary(whole_items)
     ends = {fatal_code(a[-1]), fatal_code(b[-1])} if a and b else set()
     if ends != {ErrorCode.FRAME_TOO_LARGE, ErrorCode.MALFORMED} or a[:-1] != b[:-1]:
@@ -88,12 +89,18 @@ def same_stream_outcome(data: bytes, chunks: list[bytes], max_frame: int) -> Non
 
 
 def stream_summary(items: list[Any]) -> list[Any]:
-    return [FatalEnd(i.code) if type(i) is ProtocolViolation and i.fatal else i for i in items]
+    return [
+        FatalEnd(i.code, i.message if i.code == ErrorCode.FRAME_TOO_LARGE else "")
+        if type(i) is ProtocolViolation and i.fatal
+        else i
+        for i in items
+    ]
 
 
 @dataclass(frozen=True)
 class FatalEnd:
     code: str
+    message: str
 
 
 def fatal_code(item: Any) -> str | None:
