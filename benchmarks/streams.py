@@ -69,6 +69,35 @@ def start(argv: list[str], ready: str) -> tuple[subprocess.Popen[str], int]:
     raise RuntimeError(f"{argv[-1]} did not start")
 
 
+class ItemClock:
+    """Counts a stream's items: a warm-up, then ``duration`` seconds of them.
+
+    The clock is read every 1,024 items (one item in 1,024 is checked too).
+    """
+
+    def __init__(self, duration: float, warmup: float) -> None:
+        self.duration = duration
+        self.count = 0
+        self.base: int | None = None
+        self.start = time.perf_counter() + warmup
+        self.end = 0.0
+
+    def tick(self, item: bytes) -> tuple[int, float] | None:
+        """Count ``item``; the items and seconds measured once the time is up."""
+        self.count += 1
+        if self.count & 1023:
+            return None
+        if len(item) != SIZE:
+            raise RuntimeError("bad item")
+        now = time.perf_counter()
+        if self.base is None:
+            if now >= self.start:
+                self.base, self.start, self.end = self.count, now, now + self.duration
+        elif now >= self.end:
+            return self.count - self.base, now - self.start
+        return None
+
+
 def grpc_stream_rate(port: int, duration: float, warmup: float) -> tuple[int, float]:
     """Items per second of the gRPC server stream, one channel, one call."""
     import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -77,23 +106,11 @@ def grpc_stream_rate(port: int, duration: float, warmup: float) -> tuple[int, fl
     async def main() -> tuple[int, float]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_stream(TICKS)(TICKS_REQUEST.pack(2**32 - 1, SIZE))
-            count = 0
-            base: int | None = None
-            start = time.perf_counter() + warmup
-            end = 0.0
+            clock = ItemClock(duration, warmup)
             async for item in call:
-                count += 1
-                if count & 1023:
-                    continue
-                if len(item) != SIZE:
-                    raise RuntimeError("bad item")
-                now = time.perf_counter()
-                if base is None:
-                    if now >= start:
-                        base, start, end = count, now, now + duration
-                elif now >= end:
+                if measured := clock.tick(item):
                     call.cancel()
-                    return count - base, now - start
+                    return measured
             raise RuntimeError("the gRPC stream ended early")
 
     return asyncio.run(main())
@@ -110,22 +127,10 @@ def client_stream_rate(port: int, duration: float, warmup: float) -> tuple[int, 
             trio_echo.open_client("127.0.0.1", port) as client,
             client.stream("ticks", 2**31 - 1, 0, SIZE) as stream,
         ):
-            count = 0
-            base: int | None = None
-            start = time.perf_counter() + warmup
-            end = 0.0
+            clock = ItemClock(duration, warmup)
             async for item in stream:
-                count += 1
-                if count & 1023:
-                    continue
-                if len(item) != SIZE:
-                    raise RuntimeError("bad item")
-                now = time.perf_counter()
-                if base is None:
-                    if now >= start:
-                        base, start, end = count, now, now + duration
-                elif now >= end:
-                    return count - base, now - start  # leaving the block cancels
+                if measured := clock.tick(item):
+                    return measured  # leaving the block cancels
         raise RuntimeError("the stream ended early")
 
     return trio.run(main)
