@@ -17,27 +17,31 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.wire import Credit, End, ErrorResponse, Items, Response
 
-from helpers import ServerProcess, eventually, proc_status_kib, quiet, reset, run_cli, tcp_server
+from helpers import (
+    ServerProcess,
+    SyncPeer,
+    eventually,
+    proc_status_kib,
+    quiet,
+    reset,
+    run_cli,
+    tcp_server,
+)
 
 MALFORMED_EARLY = "stream protocol error: items before the server's go-ahead (its first credit)"
 
 
-class RawPeer:
+class RawPeer(SyncPeer):
     """A version 2 framed client on a blocking socket, speaking exactly what it is told."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        super().__init__(port, timeout=30, version=2)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn = wire.Connection(version=2)
-        self.sock.sendall(self.conn.initiate())
         hello = self.next_event()
         assert isinstance(hello, wire.Notification) and hello.params[0]["protocol"] == 2
 
     def __enter__(self) -> RawPeer:
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
 
     def until(self, *wanted: wire.Event) -> list[wire.Event]:
         """Events up to the moment every one of ``wanted`` has come."""
@@ -45,17 +49,6 @@ class RawPeer:
         while not all(w in events for w in wanted):
             events.append(self.next_event())
         return events
-
-    def send(self, *events: wire.Event) -> None:
-        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
-
-    def next_event(self) -> wire.Event:
-        while True:
-            event = self.conn.next_event()
-            if event is not wire.NEED_DATA:
-                assert not isinstance(event, type(wire.NEED_DATA))
-                return event  # type: ignore[return-value]
-            self.conn.receive_data(self.sock.recv(65536))
 
     def call_latency(self, msgid: int) -> float:
         """One echo's round trip in seconds, skipping the stream's items that come meanwhile."""

@@ -37,10 +37,22 @@ class SyncPeer:
     ``SyncPeer.serving(sock)`` plays the server on a connected socket (for client tests).
     """
 
-    def __init__(self, port: int, mode: wire.Mode = wire.Mode.FRAMED, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        port: int,
+        mode: wire.Mode = wire.Mode.FRAMED,
+        timeout: float = 10,
+        version: int = wire.PROTOCOL_VERSION,
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.conn = wire.Connection(mode=mode)
+        self.conn = wire.Connection(mode=mode, version=version)
         self.sock.sendall(self.conn.initiate())
+
+    def __enter__(self) -> SyncPeer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
 
     @classmethod
     def serving(cls, sock: socket.socket, timeout: float = 10) -> SyncPeer:
