@@ -226,3 +226,21 @@ def test_goaways_and_unavailable_answers_are_counted() -> None:
         )
         assert unavailable >= stats["errors"].get("unavailable", 0)
         assert srv.stop() == 0
+
+
+def test_streams_are_timed_on_the_same_clock_as_calls() -> None:
+    with ServerProcess("--metrics-port", "0") as srv:
+        mport = metrics_port(srv)
+        start = time.monotonic()
+        with trio_echo.connect("127.0.0.1", srv.port) as client:
+            with client.stream("ticks", 3, 0) as stream:
+                assert list(stream) == [0, 1, 2]
+            with client.stream("sum", kind="client") as stream:
+                stream.send(2)
+                assert stream.finish() == 2
+        took = time.monotonic() - start
+        after = scrape(mport)
+        for method in ("ticks", "sum"):
+            assert value(after, "trio_echo_request_duration_seconds_count", method=method) == 1
+            seconds = value(after, "trio_echo_request_duration_seconds_sum", method=method)
+            assert 0 <= seconds <= took, (method, seconds)

@@ -360,11 +360,15 @@ class Dispatcher:
                 limiter=ctx.limiter,
                 abandon_on_cancel=True,
             )
-        call = Call(msgid, method, params, awaitable, deadline)
+        self._file(Call(msgid, method, params, awaitable, deadline))
+
+    def _file(self, call: Call) -> None:
+        """Count a call in flight and queue it for the worker pool."""
+        ctx = self.ctx
         if ctx.metrics is not None:
-            call.received = ctx.batch_started
-        if msgid is not None:
-            self.calls[msgid] = call
+            call.received = ctx.batch_started  # time.perf_counter() of its read's batch
+        if call.msgid is not None:
+            self.calls[call.msgid] = call
         self.active += 1
         ctx.requests_in_flight += 1
         try:

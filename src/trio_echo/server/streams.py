@@ -272,6 +272,7 @@ class Streams:
     if TYPE_CHECKING:
         # Provided by the other parts of Session.
         def _error(self, msgid: int | None, code: str, message: str, name: str = "") -> None: ...
+        def _file(self, call: Call) -> None: ...
         def _violation(self, v: wire.ProtocolViolation) -> None: ...
         def _add_worker(self) -> None: ...
         def _backed_up(self) -> bool: ...
@@ -346,7 +347,6 @@ class Streams:
         deadline: float,
         stream: ServerStream | None,
     ) -> None:
-        ctx = self.ctx
         if stream is None:
             call: Call = Call(msgid, method, params, self._gather(method, params), deadline)
         else:
@@ -354,16 +354,7 @@ class Streams:
             call = stream.call = StreamCall(
                 msgid, method, params, self._run_stream(stream, method, params), deadline, stream
             )
-        if ctx.metrics is not None:
-            call.received = trio.current_time()
-        if msgid is not None:
-            self.calls[msgid] = call
-        self.active += 1
-        ctx.requests_in_flight += 1
-        try:
-            self.queue.append(call)
-        except AttributeError:  # the first queued call: see Session.__init__ (NO_DEQUE)
-            self.queue = collections.deque((call,))
+        self._file(call)
 
     # -- running -----------------------------------------------------------------------
 
