@@ -8,6 +8,7 @@ import signal
 import time
 
 from trio_echo import wire
+from trio_echo.server.supervisor import EARLY_DEATH_S
 from trio_echo.wire import Response
 
 from helpers import ServerProcess, SyncPeer
@@ -109,9 +110,25 @@ def test_a_signal_to_the_whole_process_group_drains_the_workers() -> None:
         for i, peer in enumerate(peers):
             assert peer.next_event() == Response(i, None)  # answered, not cut off
             peer.close()
-        assert srv.wait() == 0
+        assert srv.wait() == 0, "".join(srv.log)
     log = "".join(srv.log)
     assert "stopping now" not in log and "Traceback" not in log
+
+
+def test_workers_that_drained_before_the_supervisor_heard_the_signal_are_not_restarted() -> None:
+    # A group-wide SIGTERM whose copy to the supervisor comes after the idle workers
+    # have already drained and exited.
+    ready = r"supervisor listening on \S+:(\d+)"
+    with ServerProcess("--workers", "2", "--grace", "20", ready=ready) as srv:
+        pids = set(worker_pids(srv.port, 20))
+        time.sleep(EARLY_DEATH_S)  # (older workers: no crash-loop backoff before a restart)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        wait_for_line(srv, "exited with code 0", count=2)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.wait() == 0, "".join(srv.log)
+    started = [line for line in srv.log if "trio-echo listening on" in line]
+    assert len(started) == 2, "".join(srv.log)  # the two first workers, no others
 
 
 def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once() -> None:

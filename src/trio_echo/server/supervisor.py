@@ -50,6 +50,9 @@ log = logging.getLogger("trio_echo")
 
 #: A worker that dies sooner than this after starting counts as crashing early.
 EARLY_DEATH_S: Final = 1.0
+#: A worker that exited with code 0 is restarted only if the supervisor is not
+#: asked to stop within this many seconds.
+CLEAN_EXIT_WAIT_S: Final = 2.0
 #: Longest pause before restarting a worker that keeps dying early.
 MAX_BACKOFF_S: Final = 5.0
 
@@ -207,6 +210,11 @@ async def _supervise(
             lived = trio.current_time() - worker.started_at
             worker.early_deaths = worker.early_deaths + 1 if lived < EARLY_DEATH_S else 0
             delay = min(MAX_BACKOFF_S, 0.1 * 2**worker.early_deaths) if worker.early_deaths else 0
+            if code == 0:
+                # A clean exit is a drain that a signal asked for: one sent to the whole
+                # process group reaches the supervisor too, maybe only after the worker
+                # has drained. Restarting at once would start a worker just to stop it.
+                delay = max(delay, CLEAN_EXIT_WAIT_S)
             log.error(
                 "worker %d (pid %d) exited with code %s; restarting it in %.1fs "
                 "(%d restart(s) so far)",
