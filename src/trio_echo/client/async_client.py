@@ -122,6 +122,31 @@ _UNTIMED: Final = Attempts("", None, 0.0)
 Dial = Callable[[int, float | None], Awaitable["Connection"]]
 
 
+class _Result(outcome.Outcome[Any]):
+    """A reply's result, for ``trio.lowlevel.reschedule``: an :class:`outcome.Value`
+    made in a fraction of its time. (``outcome.Value`` is a frozen attrs class: making
+    and unwrapping one took about a tenth of a call's time with 100 tasks calling.)
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._unwrapped = False
+
+    def unwrap(self) -> Any:
+        if self._unwrapped:
+            raise outcome.AlreadyUsedError
+        self._unwrapped = True
+        return self.value
+
+    def send(self, gen: Any) -> Any:  # the rest of the Outcome interface, as Value's
+        return gen.send(self.unwrap())
+
+    async def asend(self, agen: Any) -> Any:
+        return await agen.asend(self.unwrap())
+
+
 class Connection(ClientBase[trio.lowlevel.Task]):
     """One connection to a trio_echo server, on which any number of tasks call at once.
 
@@ -419,7 +444,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             else:
                 self._crowd = True  # another caller, woken: calls are concurrent
                 trio.lowlevel.reschedule(
-                    waiter, outcome.Value(result) if error is None else outcome.Error(error)
+                    waiter, _Result(result) if error is None else outcome.Error(error)
                 )
         core = self._core
         if core.notifications or core.error is not None or core.goaway is not None:
@@ -449,9 +474,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
                 if len(replies) > 1:
                     self._crowd = True  # they will call again together (see __init__)
                 for task, result, error in replies:
-                    reschedule(
-                        task, outcome.Value(result) if error is None else outcome.Error(error)
-                    )
+                    reschedule(task, _Result(result) if error is None else outcome.Error(error))
                 if self._settled():
                     return
                 if self._fd < 0:

@@ -40,15 +40,12 @@ takes items, and grants credit as it takes them, under the lock too.
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found, unused-ignore]
 import contextlib
 import math
-import signal
 import socket
 import ssl
 import threading
 import time
-from _thread import get_ident
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final
@@ -91,8 +88,8 @@ BlockingDial = Callable[[int, float | None], "BlockingConnection"]
 IDLE_S: Final = 0.005
 #: The read role's holder when it is the reader thread (else a leader's _Waiter, or None).
 _READER: Final = "reader thread"
-_SIGINT: Final = {signal.SIGINT}
 _RECEIVE: Final = (RECEIVE_SIZE,)
+_DONTWAIT: Final = (socket.MSG_DONTWAIT,)
 #: The tries of a call without a timeout, on its first try (never changed there).
 _UNTIMED: Final = Attempts("", None, 0.0)
 
@@ -196,19 +193,23 @@ class BlockingConnection(ClientBase[_Waiter]):
         waiter = _Waiter()
         with self._lock:
             msgid, data = self._core.request(method, params, timeout, waiter)
-            self._unsent += 1
             self._called = True
             lead = self._reading is None and timeout is None and self._callers_read
             if lead:
+                # A leader's request is not counted in _unsent: only the holder of the
+                # read role can see a goaway, so none can wait for this send to end.
                 self._reading = waiter
-            elif self._reading is None:
-                self._idle.notify()  # the reader thread reads the reply
+            else:
+                self._unsent += 1
+                if self._reading is None:
+                    self._idle.notify()  # the reader thread reads the reply
         in_time = True
         try:
-            self._send_made(data)
             if lead:
+                self._send(data)
                 self._read_own_reply(waiter)
             else:
+                self._send_made(data)
                 in_time = waiter.wait(timeout)
         except BaseException:
             self._give_up(msgid, waiter)  # e.g. KeyboardInterrupt: cancel on the server too
@@ -339,38 +340,29 @@ class BlockingConnection(ClientBase[_Waiter]):
     def _send(self, data: bytes) -> None:
         """Send all of ``data``: at once if the kernel takes it, else in ``sendall``.
 
-        On the main thread Ctrl-C is held back for the first, non-blocking
-        send, so that an interrupt arriving just as the message goes out
-        (socket.sendall checks for signals after its last write) cannot leave
-        us unsure whether the message went out whole. (``_signal``'s
-        ``pthread_sigmask`` is ``signal``'s without converting the old mask to
-        a set of enums, which took most of its time.)
+        A Ctrl-C (main thread) cannot leave us unsure whether the message went
+        out whole: the first, non-blocking send stores its byte count into
+        ``sent`` from C (``list.extend`` over ``map``), and C code between the
+        two runs no signal handler, so the count is known even if the interrupt
+        lands the moment the send returns. (The same holds for the reads in
+        ``_read_own_reply``; no ``pthread_sigmask`` round trip is needed.)
         """
-        sent = 0  # bytes gone out, still known after an interrupt
+        sent: list[int] = []  # bytes gone out, still known after an interrupt
         sock = self._sock
         try:
             with self._send_lock:
-                if get_ident() == threading.main_thread().ident:
-                    old = _signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
-                    try:
-                        sent = sock.send(data, socket.MSG_DONTWAIT)
-                    except (BlockingIOError, InterruptedError):
-                        pass
-                    finally:
-                        _signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C: here
-                else:
-                    try:
-                        sent = sock.send(data, socket.MSG_DONTWAIT)
-                    except (BlockingIOError, InterruptedError):
-                        pass
-                if sent < len(data):
-                    sock.sendall(memoryview(data)[sent:])
+                try:
+                    sent.extend(map(sock.send, (data,), _DONTWAIT))
+                except (BlockingIOError, InterruptedError):
+                    pass
+                if not sent or sent[0] < len(data):
+                    sock.sendall(memoryview(data)[sent[0] if sent else 0 :])
         except OSError as exc:
             self._fail(send_failed(exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
         except BaseException:
-            if sent == len(data):
+            if sent and sent[0] == len(data):
                 raise  # Ctrl-C after the whole message went out: the stream is intact
             # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
             self._fail(send_interrupted())
@@ -453,7 +445,11 @@ class BlockingConnection(ClientBase[_Waiter]):
                         break
             later = self._release_later and self._reading is None
         for other, result, error in replies:
-            other.set(result, error)
+            if other is waiter and mine:  # this thread returns it: no one waits on its lock
+                waiter.result = result
+                waiter.error = error
+            else:
+                other.set(result, error)
         if later:
             self._release()
         return mine
@@ -775,7 +771,8 @@ class BlockingClient(ClientFront[_Waiter]):
             TypeError: a parameter cannot be encoded as msgpack.
         """
         conn = self._current
-        if timeout is None and conn.core.usable and not self._closed:
+        core = conn._core
+        if timeout is None and core.error is None and core.goaway is None and not self._closed:
             # The usual case, without the bookkeeping of tries (made if it goes again).
             try:
                 return conn.call(method, params, None, _UNTIMED)

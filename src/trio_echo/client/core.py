@@ -131,6 +131,7 @@ W = TypeVar("W")
 
 _HEADER: Final = struct.Struct(">I")
 _unpackb: Final = msgpack.unpackb
+_MAX_MSGID: Final = wire.MAX_MSGID
 
 #: A reply matched to its waiter: ``(waiter, result, error)``; ``error`` is None on success.
 Reply = tuple[W, Any, RemoteError | None]
@@ -443,6 +444,9 @@ class ClientCore(Generic[W]):
         self.half_closed = False
         self._head = b""
         self._last_notice = ""
+        # conn.idle as of the end of the last receive() that fed it (only receive
+        # feeds it after the hello): whole frames may then be decoded here.
+        self._conn_idle = False
 
     # -- the handshake -------------------------------------------------------------------
 
@@ -504,7 +508,7 @@ class ClientCore(Generic[W]):
         options = None if timeout is None else timeout_options(timeout)
         pending = self.pending
         msgid = self.next_msgid
-        if msgid in pending or msgid >= wire.MAX_MSGID:
+        if msgid in pending or msgid >= _MAX_MSGID:
             msgid = self._allocate_msgid()
         else:
             self.next_msgid = msgid + 1
@@ -750,7 +754,7 @@ class ClientCore(Generic[W]):
         pending = self.pending
         if self.error is not None:
             return []  # finished: what still arrives is ignored
-        if data and conn.idle:
+        if data and self._conn_idle:
             replies, data = self._plain_responses(data)
             if not data:
                 return replies
@@ -783,6 +787,7 @@ class ClientCore(Generic[W]):
                     error = remote_error(event.code, event.message, event.data)
                     replies.append((waiter, None, error))
             elif event is wire.NEED_DATA:
+                self._conn_idle = conn.idle
                 return replies
             elif kind is wire.Items or kind is wire.Credit:
                 assert isinstance(event, wire.Items | wire.Credit)
@@ -827,20 +832,26 @@ class ClientCore(Generic[W]):
         max_frame = self.max_frame
         unpack_header = _HEADER.unpack_from
         while n - off >= 4:
-            length = unpack_header(data, off)[0]
-            end = off + 4 + length
-            if end > n or length > max_frame:
+            start = off + 4
+            end = start + unpack_header(data, off)[0]
+            if end > n or end - start > max_frame:
                 break
             try:
-                obj = _unpackb(data[off + 4 : end], strict_map_key=False)
+                # Without strict_map_key=False (a keyword costs more than the rest of
+                # the check): a map with other than str keys goes to conn, which takes it.
+                obj = _unpackb(data[start:end])
             except Exception:
                 break
-            if type(obj) is not list or len(obj) != 4 or obj[2] is not None:
+            if type(obj) is not list or len(obj) != 4:
                 break
-            kind, msgid, _, result = obj
-            if kind != 1 or type(kind) is not int or type(msgid) is not int:
-                break
-            if not 0 <= msgid <= wire.MAX_MSGID:
+            kind, msgid, err, result = obj
+            if (
+                type(kind) is not int
+                or kind != 1
+                or err is not None
+                or type(msgid) is not int
+                or not 0 <= msgid <= _MAX_MSGID
+            ):
                 break
             off = end
             waiter = pending.pop(msgid, None)
