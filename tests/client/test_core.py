@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_echo import ConnectionClosed, ConnectTimeout, DeadlineExceeded, wire
 from trio_echo.client.core import (
@@ -70,6 +72,50 @@ def test_reader_step_matches_replies_and_settle_delivers_notifications() -> None
     assert core.settle() is None
     assert seen == [("note", [1])]
     assert core.pending == {}
+
+
+# What a result can be, maps with int keys too (the clients' fast decoder leaves
+# those to the wire connection, which takes them).
+RESULTS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=5)
+    | st.binary(max_size=5) | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=3) | st.integers(-5, 5), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@given(
+    results=st.lists(st.tuples(RESULTS, st.booleans()), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_replies_are_the_same_however_the_bytes_are_split(
+    results: list[tuple[Any, bool]], cuts: list[int]
+) -> None:
+    """Whole frames of plain responses take the core's own decoder; anything else
+    (an error, a split frame, a map with int keys) the wire connection: the replies
+    must not tell which."""
+    core, server = started()
+    first = Waiter("first")  # one reply first: what comes next starts a frame
+    assert core.receive(server.send(wire.Response(core.request("ping", (), None, first)[0], 1)))
+    waiters = [Waiter(str(i)) for i in range(len(results))]
+    msgids = [core.request("echo", (), None, w)[0] for w in waiters]
+    data = b"".join(
+        server.send(
+            wire.ErrorResponse(msgid, "app_error", "no", result)
+            if failed
+            else wire.Response(msgid, result)
+        )
+        for msgid, (result, failed) in zip(msgids, results, strict=True)
+    )
+    points = sorted({cut % len(data) for cut in cuts} - {0})
+    got = []
+    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+        got += core.receive(data[start:end])  # never b"": that is the end of the stream
+    assert [(w, r if e is None else e.data, e is not None) for w, r, e in got] == [
+        (w, result, failed) for w, (result, failed) in zip(waiters, results, strict=True)
+    ]
+    assert not core.pending and core.error is None
 
 
 def test_a_raising_notification_callback_finishes_the_connection() -> None:

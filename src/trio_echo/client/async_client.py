@@ -219,20 +219,28 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             return self._call_when_room(method, params, timeout, attempts)
         task = trio.lowlevel.current_task()
         msgid, data = core.request(method, params, timeout, task)
-        self._queue(data)
+        outbox = self._outbox  # _queue(data), inlined: this runs per call
+        outbox.append(data)
+        self._outbox_bytes += len(data)
+        if len(outbox) == 1:
+            self._writer_lot.unpark()
         if self._reading is None:
             self._reader_lot.unpark()  # someone must read the reply
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            # Cancelled while waiting: keep the msgid reserved and tell the server.
-            cancel = core.abandon(msgid, task)
-            if cancel is not None:
-                self._queue(cancel)
-            return trio.lowlevel.Abort.SUCCEEDED
-
+        # A partial, not a closure: a closure's variables would be cells for the whole
+        # of this function, on every call, the caller-reads path's too.
+        abort = functools.partial(self._abort_waiting, msgid, task)
         if timeout is None:  # awaited at once by Client.call, the only caller
             return trio.lowlevel.wait_task_rescheduled(abort)  # noqa: ASYNC105
         return self._wait_for_reply(abort, timeout, attempts)
+
+    def _abort_waiting(
+        self, msgid: int, task: trio.lowlevel.Task, _: trio.lowlevel.RaiseCancelT
+    ) -> trio.lowlevel.Abort:
+        """A waiting caller was cancelled: keep its msgid reserved and tell the server."""
+        cancel = self._core.abandon(msgid, task)
+        if cancel is not None:
+            self._queue(cancel)
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _wait_for_reply(
         self, abort: Callable[[trio.lowlevel.RaiseCancelT], trio.lowlevel.Abort],
