@@ -12,6 +12,7 @@ import pytest
 
 import trio_echo
 from trio_echo import wire
+from trio_echo.client.blocking import BlockingConnection
 
 from helpers import EXCEPTIONS, Gate, ServerThread, SyncPeer, closes_before_hello, server_thread
 
@@ -110,29 +111,70 @@ def test_ctrl_c_in_a_call_cancels_it_on_the_server(srv: ServerThread, gate: Gate
         assert client.core.pending == {}  # the late "cancelled" reply was dropped
 
 
-def test_ctrl_c_just_as_a_request_goes_out_keeps_the_connection(srv: ServerThread) -> None:
-    # Ctrl-C arriving while the request is being written: once the request
-    # went out whole, the interrupt must not cost the connection.
+def _ctrl_c() -> None:
+    """Ctrl-C in the main thread (this one): pthread_kill raises KeyboardInterrupt itself."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+class _SendOnce:
+    """Stands in for a connection's socket for one send (``_send``), then puts it back."""
+
+    def __init__(self, conn: BlockingConnection) -> None:
+        self.conn = conn
+        self.real = conn._sock
+        conn._sock = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def done(self) -> socket.socket:
+        self.conn._sock = self.real
+        return self.real  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("when", ["before the send", "after the send"])
+def test_ctrl_c_as_a_request_goes_out_keeps_the_connection(srv: ServerThread, when: str) -> None:
+    # Ctrl-C arriving as the request is written, before the kernel took any of it or
+    # after it took all of it: the stream holds no half frame, so the connection stays.
+    # (reconnect is on by default: the test checks that it is the same connection.)
+    class InterruptOnce(_SendOnce):
+        def send(self, data: bytes, flags: int = 0) -> int:
+            real = self.done()
+            if when == "before the send":
+                _ctrl_c()
+            real.send(data, flags)
+            _ctrl_c()
+            raise AssertionError("not reached")
+
     with trio_echo.connect("127.0.0.1", srv.port) as client:
-        real = client._current._sock
-        interrupted = threading.Event()
-
-        class InterruptOnce:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-            def send(self, data: bytes, flags: int = 0) -> int:
-                if not interrupted.is_set():
-                    interrupted.set()
-                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                return real.send(data, flags)
-
-        client._current._sock = InterruptOnce()  # type: ignore[assignment]
+        conn = client._current
+        InterruptOnce(conn)
         with pytest.raises(KeyboardInterrupt):
             client.call("echo", "first")
-        client._sock = real
-        assert interrupted.is_set()
+        assert client._current is conn and not conn.closed
         assert client.call("echo", "second") == "second"
+        assert client._current is conn and not conn.closed
+
+
+def test_ctrl_c_with_part_of_a_request_sent_closes_the_connection(srv: ServerThread) -> None:
+    # Interrupted with part of the request written: the rest can never follow, and
+    # anything sent next would be read as its remainder. The connection is given up.
+    class PartThenInterrupt(_SendOnce):
+        def send(self, data: bytes, flags: int = 0) -> int:
+            return self.real.send(data[:3], flags)
+
+        def sendall(self, data: bytes) -> None:
+            self.done().send(bytes(data[:2]))
+            _ctrl_c()
+
+    with trio_echo.connect("127.0.0.1", srv.port, reconnect=False) as client:
+        conn = client._current
+        PartThenInterrupt(conn)
+        with pytest.raises(KeyboardInterrupt):
+            client.call("echo", "x" * 100)
+        assert conn.closed
+        with pytest.raises(trio_echo.ConnectionClosed, match="interrupted"):
+            client.call("echo", "again")
 
 
 def test_close_cancels_pending_calls_on_the_server(srv: ServerThread, gate: Gate) -> None:

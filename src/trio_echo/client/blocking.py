@@ -354,16 +354,18 @@ class BlockingConnection(ClientBase[_Waiter]):
                 try:
                     sent.extend(map(sock.send, (data,), _DONTWAIT))
                 except (BlockingIOError, InterruptedError):
-                    pass
-                if not sent or sent[0] < len(data):
-                    sock.sendall(memoryview(data)[sent[0] if sent else 0 :])
+                    sent.append(0)
+                if sent[0] < len(data):
+                    sock.sendall(memoryview(data)[sent[0] :])
         except OSError as exc:
             self._fail(send_failed(exc))
             self._core.check_open()
             raise  # pragma: no cover - check_open raised
         except BaseException:
-            if sent and sent[0] == len(data):
-                raise  # Ctrl-C after the whole message went out: the stream is intact
+            if not sent or sent[0] == len(data):
+                # Ctrl-C before the first send took a byte, or after the whole message
+                # went out: the stream holds no half frame, the connection carries on.
+                raise
             # Interrupted (Ctrl-C) in sendall: the stream may end in half a frame.
             self._fail(send_interrupted())
             self._shutdown()
