@@ -12,7 +12,7 @@ import pytest
 
 import trio_echo
 from trio_echo import wire
-from trio_echo.client.blocking import BlockingConnection
+from trio_echo.client.blocking import BlockingConnection, _Waiter
 
 from helpers import EXCEPTIONS, Gate, ServerThread, SyncPeer, closes_before_hello, server_thread
 
@@ -153,6 +153,50 @@ def test_ctrl_c_as_a_request_goes_out_keeps_the_connection(srv: ServerThread, wh
             client.call("echo", "first")
         assert client._current is conn and not conn.closed
         assert client.call("echo", "second") == "second"
+        assert client._current is conn and not conn.closed
+
+
+@pytest.mark.parametrize("where", ["after the request is made", "as the lock is released"])
+def test_ctrl_c_before_the_send_leaves_no_role_or_msgid_taken(
+    srv: ServerThread, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C that lands as a call registers (just after the core made the request,
+    # before the caller stored its msgid; or as it releases the lock, holding the read
+    # role): the call's msgid is given up and the role let go of, so the next call does
+    # not wait forever for a reader that will never read.
+    with trio_echo.connect("127.0.0.1", srv.port) as client:
+        conn = client._current
+        if where == "after the request is made":
+            real_request = conn._core.request
+
+            def request(*args: Any) -> Any:
+                monkeypatch.setattr(conn._core, "request", real_request)  # once
+                real_request(*args)
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(conn._core, "request", request)
+        else:
+            real_lock = conn._lock
+
+            class InterruptOnRelease:
+                def __enter__(self) -> None:
+                    real_lock.acquire()
+
+                def __exit__(self, *exc: object) -> None:
+                    real_lock.release()
+                    conn._lock = real_lock  # once
+                    raise KeyboardInterrupt
+
+            conn._lock = InterruptOnRelease()  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            client.call("echo", "first")
+        assert not isinstance(conn._reading, _Waiter)
+        # Never sent: its cancel is ignored by the server, so the msgid stays reserved.
+        assert list(conn.core.pending.values()) == [None]
+        # With a timeout the call waits for the reader thread (a dead leader would keep it
+        # from reading); without one it leads.
+        assert client.call("echo", "second", timeout=10) == "second"
+        assert client.call("echo", "third") == "third"
         assert client._current is conn and not conn.closed
 
 

@@ -191,20 +191,23 @@ class BlockingConnection(ClientBase[_Waiter]):
             GoingAway: the server said goaway first; the request was not sent.
         """
         waiter = _Waiter()
-        with self._lock:
-            msgid, data = self._core.request(method, params, timeout, waiter)
-            self._called = True
-            lead = self._reading is None and timeout is None and self._callers_read
-            if lead:
-                # A leader's request is not counted in _unsent: only the holder of the
-                # read role can see a goaway, so none can wait for this send to end.
-                self._reading = waiter
-            else:
-                self._unsent += 1
-                if self._reading is None:
-                    self._idle.notify()  # the reader thread reads the reply
+        msgid = -1  # until registered
         in_time = True
         try:
+            # In the try, so that a Ctrl-C landing anywhere from here on (a REPL user
+            # stopping a loop of calls) never leaves the read role or a live msgid taken.
+            with self._lock:
+                msgid, data = self._core.request(method, params, timeout, waiter)
+                self._called = True
+                lead = self._reading is None and timeout is None and self._callers_read
+                if lead:
+                    # A leader's request is not counted in _unsent: only the holder of
+                    # the read role can see a goaway, so none can wait for this send.
+                    self._reading = waiter
+                else:
+                    self._unsent += 1
+                    if self._reading is None:
+                        self._idle.notify()  # the reader thread reads the reply
             if lead:
                 self._send(data)
                 self._read_own_reply(waiter)
@@ -212,9 +215,9 @@ class BlockingConnection(ClientBase[_Waiter]):
                 self._send_made(data)
                 in_time = waiter.wait(timeout)
         except BaseException:
-            self._give_up(msgid, waiter)  # e.g. KeyboardInterrupt: cancel on the server too
-            if lead:
-                self._free_role(waiter)
+            # e.g. KeyboardInterrupt: cancel on the server too (GoingAway: nothing to do).
+            self._give_up(msgid if msgid >= 0 else self._msgid_of(waiter), waiter)
+            self._free_role(waiter)
             raise
         if not in_time:
             if self._give_up(msgid, waiter):
@@ -390,6 +393,15 @@ class BlockingConnection(ClientBase[_Waiter]):
         if cancel is not None:
             self._send_cancel(cancel)
         return owned
+
+    def _msgid_of(self, waiter: _Waiter) -> int:
+        """The msgid ``waiter`` is registered under (-1 if none): for an interrupt that
+        landed before the caller stored it."""
+        with self._lock:
+            for msgid, other in self._core.pending.items():
+                if other is waiter:
+                    return msgid
+        return -1
 
     def _read_own_reply(self, waiter: _Waiter) -> None:
         """Receive, as the holder of the read role, until ``waiter`` has its outcome.
