@@ -15,7 +15,7 @@ import trio_echo
 from trio_echo import wire
 from trio_echo.wire import Notification
 
-from helpers import ROOT, tcp_server
+from helpers import ROOT, Pki, tcp_server
 from helpers.haproxy import HAPROXY, SHIPPED, Fleet
 from helpers.proxy import v2
 
@@ -81,6 +81,30 @@ def test_clients_through_haproxy_are_balanced_and_named(tmp_path: Path, send_pro
         assert re.search(rf"is from 127\.0\.0\.1:{port} \(PROXY header\)", logs), (port, logs)
     # The health checks (PROXY v2 LOCAL, or v1 for send-proxy) are accepted too.
     assert "refused" not in logs
+
+
+def test_tls_passes_through_haproxy_with_proxy_headers(tmp_path: Path, pki: Pki) -> None:
+    """HAProxy in TCP mode passes the clients' TLS through to servers run with
+    --proxy-protocol and TLS: the PROXY v2 header in clear, then the handshake with the
+    server itself. Its health checks go the same way (check-ssl)."""
+    tls_args = ("--tls-cert", pki.cert_file, "--tls-key", pki.key_file, "--log-level", "debug")
+    check_ssl = f" check-ssl ca-file {pki.ca_file} verifyhost localhost"
+    with Fleet(tmp_path, 2, *tls_args, server_options=check_ssl) as fleet:
+        ctx = pki.client_context()
+        clients = [
+            trio_echo.connect("127.0.0.1", fleet.port, ssl_context=ctx, server_hostname="localhost")
+            for _ in range(2)
+        ]
+        try:
+            assert [c.call("echo", i) for i, c in enumerate(clients)] == [0, 1]
+            client_ports = [c._current._sock.sock.getsockname()[1] for c in clients]  # type: ignore[union-attr]
+        finally:
+            for c in clients:
+                c.close()
+        logs = "".join("".join(s.log) for s in fleet.servers if s)
+    for port in client_ports:
+        assert re.search(rf"is from 127\.0\.0\.1:{port} \(PROXY header\)", logs), (port, logs)
+    assert "refused" not in logs and "handshake failed" not in logs
 
 
 def test_a_server_that_stops_is_taken_out(tmp_path: Path) -> None:

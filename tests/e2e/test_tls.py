@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -18,14 +19,48 @@ from trio_echo.server import sockio
 from trio_echo.wire import Notification, Response
 
 from helpers import Peer, Pki, ServerProcess, raw_bytes, serve_fails, tcp_server
+from helpers.proxy import inet, v1, v2
+
+
+class _HeaderFirst(trio.abc.Stream):
+    """A client's TCP stream that sends ``header`` in the same write as its first bytes
+    (the TLS ClientHello), as a balancer's send and its client's data can arrive."""
+
+    def __init__(self, stream: trio.SocketStream, header: bytes) -> None:
+        self.stream = stream
+        self.header = header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data, self.header = self.header + bytes(data), b""
+        await self.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def tls_stream(
-    port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost"
-) -> trio.SSLStream[trio.SocketStream]:
-    stream = trio.SSLStream(
-        await trio.open_tcp_stream("127.0.0.1", port), ctx, server_hostname=server_hostname
-    )
+    port: int,
+    ctx: ssl.SSLContext,
+    server_hostname: str = "localhost",
+    *,
+    proxy_header: bytes = b"",
+    with_hello: bool = True,
+) -> trio.SSLStream[trio.abc.Stream]:
+    """A handshaken TLS client; behind a balancer's ``proxy_header`` if given (in clear,
+    before the handshake: in the same write as the ClientHello, or alone first)."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    transport: trio.abc.Stream = tcp
+    if proxy_header and with_hello:
+        transport = _HeaderFirst(tcp, proxy_header)
+    elif proxy_header:
+        await tcp.send_all(proxy_header)
+    stream = trio.SSLStream(transport, ctx, server_hostname=server_hostname)
     try:
         await stream.do_handshake()
     except BaseException:
@@ -226,3 +261,85 @@ def test_tls_options_are_checked_at_startup(pki: Pki, tmp_path: Path) -> None:
     assert code == 2
     assert stderr.startswith("trio-echo serve: cannot load the TLS files:")
     assert len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "with_hello"),
+    [
+        (v1("TCP4", "203.0.113.7", "192.0.2.1", 41000, 7000), False),
+        (v2(addresses=inet("203.0.113.7", "192.0.2.1", 41000, 7000)), True),
+        (v2(command=0), True),  # LOCAL: a balancer's own check, named by the socket
+    ],
+)
+async def test_proxy_header_then_tls_names_the_real_client(
+    pki: Pki, header: bytes, with_hello: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # --proxy-protocol with TLS: a TCP-mode balancer (HAProxy send-proxy-v2) passes the
+    # client's TLS through and puts the PROXY header in clear before it.
+    caplog.set_level(logging.DEBUG, logger="trio_echo")
+    async with tcp_server(ssl_context=pki.server_context(), proxy_protocol=True) as (server, port):
+        stream = await tls_stream(
+            port, pki.client_context(), proxy_header=header, with_hello=with_hello
+        )
+        async with stream:
+            peer = Peer(stream)
+            await peer.start()
+            reply = await peer.call(1, "echo", "through the balancer")
+            assert isinstance(reply, Response) and reply.result == "through the balancer"
+            (conn,) = server._conns
+            if header.startswith(b"PROXY") or header[12] & 0x0F:
+                assert conn.peer == "203.0.113.7:41000"
+                assert "is from 203.0.113.7:41000 (PROXY header)" in caplog.text
+            else:
+                assert conn.peer.startswith("127.0.0.1:")
+        expected = {"proxy_rejected": 0, "tls_handshake_failures": 0, "connections_total": 1}
+        assert server.stats().items() >= expected.items()
+
+
+async def test_tls_without_its_proxy_header_is_refused_before_the_handshake(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_echo")
+    async with tcp_server(ssl_context=pki.server_context(), proxy_protocol=True) as (server, port):
+        # The ClientHello is not a PROXY header: closed, never handshaken.
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            await tls_stream(port, pki.client_context())
+        refused = [m for m in caplog.messages if "refused (--proxy-protocol)" in m]
+        assert len(refused) == 1
+        expected = {"proxy_rejected": 1, "tls_handshake_failures": 0, "connections_total": 0}
+        assert server.stats().items() >= expected.items()
+
+
+async def test_proxied_tls_client_over_max_connections_is_told_inside_tls(pki: Pki) -> None:
+    header = v2(addresses=inet("203.0.113.7", "192.0.2.1", 41000, 7000))
+    server = Server(ssl_context=pki.server_context(), proxy_protocol=True, max_connections=1)
+    async with tcp_server(server) as (_, port):
+        ctx = pki.client_context()
+        async with await tls_stream(port, ctx, proxy_header=header) as held:
+            first = Peer(held)
+            await first.start()
+            refused = await tls_stream(port, ctx, proxy_header=header)
+            async with refused:
+                await refused.send_all(wire.PREAMBLE)
+                got = await read_until_eof(refused)
+            assert b"overloaded" in got
+            assert server.connections_rejected == 1
+            assert isinstance(await first.call(1, "ping"), Response)
+
+
+def test_cli_serves_proxy_protocol_with_tls(pki: Pki) -> None:
+    args = ("--proxy-protocol", "--tls-cert", pki.cert_file, "--tls-key", pki.key_file)
+    header = v1("TCP6", "2001:db8::7", "2001:db8::1", 41000, 7000)
+    with ServerProcess(*args, "--log-level", "debug") as srv:
+        ctx = pki.client_context()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as tcp:
+            tcp.sendall(header)
+            with ctx.wrap_socket(tcp, server_hostname="localhost") as tls:
+                tls.sendall(wire.PREAMBLE + wire.encode_request(1, "echo", ["hi"]))
+                got = b""
+                while b"hi" not in got:
+                    data = tls.recv(65536)
+                    assert data, got
+                    got += data
+        assert srv.stop() == 0
+    assert any("is from 2001:db8::7:41000 (PROXY header)" in line for line in srv.log), srv.log

@@ -37,7 +37,12 @@ CHECK_INTERVAL = "200ms"
 
 
 def generate_config(
-    shipped: str, *, bind_fd: int, admin_socket: Path, servers: Sequence[tuple[str, int]]
+    shipped: str,
+    *,
+    bind_fd: int,
+    admin_socket: Path,
+    servers: Sequence[tuple[str, int]],
+    server_options: str = "",
 ) -> str:
     """The shipped configuration, pointed at this machine's loopback servers."""
     out: list[str] = []
@@ -60,7 +65,10 @@ def generate_config(
         out.append(line)
     missing = {"bind", "default-server", "tcp-check", "balance"} - seen
     assert not missing, f"deploy/haproxy.cfg has no {missing} line any more"
-    out += [f"    server s{i + 1} {host}:{port}" for i, (host, port) in enumerate(servers)]
+    out += [
+        f"    server s{i + 1} {host}:{port}{server_options}"
+        for i, (host, port) in enumerate(servers)
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -69,7 +77,9 @@ class Fleet:
 
     Use as a context manager. ``up`` names the servers started at once (all
     by default); the others are DOWN until :meth:`start`. ``send_proxy`` is
-    the PROXY protocol option on the server lines (``send-proxy`` for v1).
+    the PROXY protocol option on the server lines (``send-proxy`` for v1);
+    ``server_options`` more options for them (`` check-ssl ca-file ...`` for
+    servers that speak TLS, which HAProxy then passes through).
     """
 
     def __init__(
@@ -79,10 +89,12 @@ class Fleet:
         *server_args: str,
         up: Sequence[int] | None = None,
         send_proxy: str = "send-proxy-v2",
+        server_options: str = "",
         timeout: float = 20.0,
     ) -> None:
         self.tmp_path = tmp_path
         self.send_proxy = send_proxy
+        self.server_options = server_options
         self.server_args = ("--proxy-protocol", *server_args)
         self.timeout = timeout
         self.servers: list[ServerProcess | None] = [None] * n
@@ -110,6 +122,7 @@ class Fleet:
                 bind_fd=self.listener.fileno(),
                 admin_socket=self.admin_socket,
                 servers=addresses,
+                server_options=self.server_options,
             ).replace(" send-proxy-v2 ", f" {self.send_proxy} ")
         )
         self.log_path = self.tmp_path / "haproxy.log"

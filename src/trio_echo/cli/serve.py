@@ -172,10 +172,6 @@ def ssl_context_from_config(config: ServerConfig) -> ssl.SSLContext | None:
         return None
     if config.tls_cert is None or config.tls_key is None:
         raise ListenerError("--tls-cert and --tls-key go together")
-    if config.proxy_protocol:
-        raise ListenerError(
-            "--proxy-protocol cannot be combined with TLS yet: terminate TLS at the balancer"
-        )
     try:
         return tls.server_context(config.tls_cert, config.tls_key, client_ca=config.tls_client_ca)
     except (OSError, ssl.SSLError) as exc:

@@ -276,8 +276,8 @@ class ServerConfig:
     proxy_protocol: bool = setting(
         False,
         help="expect a PROXY protocol header (v1 or v2, e.g. HAProxy's send-proxy-v2) first "
-        "on every connection, and log the client it names; connections without one are "
-        "closed. Only behind a trusted load balancer",
+        "on every connection (before the TLS handshake, with --tls-cert), and log the client "
+        "it names; connections without one are closed. Only behind a trusted load balancer",
     )
     log_level: str = setting("info", help="logging level", choices=LOG_LEVELS)
     log_format: str = setting(

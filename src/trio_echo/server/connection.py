@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from .. import wire
-from ..proxy_protocol import ProxyViolation
 from ..wire import Mode
 from . import sockio as _sockio
 from .outbox import cause
-from .proxy import read_proxy_header
+from .proxy import PrefixedStream, take_proxy_header
 from .session import RECEIVE_SIZE, Session
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ class ClientConnection:
         self.in_read = False
         self.read_scope = trio.CancelScope()
         self.whole_scope = trio.CancelScope()
-        self.peer = _peer_name(stream)
+        self.peer = peer_name(stream)
 
     def busy(self) -> bool:
         """Owes the client something: a request in flight or a reply (or echo) unsent."""
@@ -183,7 +182,10 @@ class ClientConnection:
         prefix = b""
         with self.read_scope:
             first: bytes | None = b""
-            if self.ctx.proxy_protocol:
+            # (Over TLS the server took the header before the handshake: see PrefixedStream.)
+            if self.ctx.proxy_protocol and not isinstance(
+                getattr(self.stream, "transport_stream", None), PrefixedStream
+            ):
                 first = await self._proxy_prelude()
             if first is not None:
                 verdict, prefix = await self._sniff(first)
@@ -206,18 +208,14 @@ class ClientConnection:
         Returns the bytes after the header, for sniffing; None if the connection
         must be closed (counted in ``stats()["proxy_rejected"]`` when refused).
         """
-        result = await read_proxy_header(self.receive)
-        if result is None or self.stop_requested:  # EOF at once, or the server is stopping
-            log.debug("connection %s closed before its PROXY header", self.peer)
+        taken = await take_proxy_header(
+            self.receive, self.peer, self.ctx, lambda: self.stop_requested
+        )
+        if taken is None:
             return None
-        if isinstance(result, ProxyViolation):
-            self.ctx.proxy_rejected += 1
-            log.warning("connection %s refused (--proxy-protocol): %s", self.peer, result.message)
-            return None
-        header, first = result
-        if header.client is not None:
-            log.debug("connection %s is from %s (PROXY header)", self.peer, header.client)
-            self.peer = header.client
+        client, first = taken
+        if client is not None:
+            self.peer = client
         return first
 
     async def _sniff(self, first: bytes = b"") -> tuple[Mode | None, bytes]:
@@ -296,13 +294,18 @@ class ClientConnection:
                     self.sending_raw = False
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
-    # A TLS connection's socket is its transport's.
-    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)
+def peer_name(stream: trio.abc.Stream) -> str:
+    """The address a connection's logs name: ``host:port``, a Unix path, or ``<...>``."""
+    # A TLS connection's socket is its transport's; behind a balancer's PROXY header
+    # (taken before the handshake) the client is the one the header named.
+    transport = getattr(stream, "transport_stream", stream)
+    if isinstance(transport, PrefixedStream) and transport.client is not None:
+        return transport.client
+    sock = getattr(transport, "socket", None)
     if sock is None:
         return f"<{type(stream).__name__}>"
     try:
         name = sock.getpeername()
     except OSError:
         return "<unknown>"
-    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name) or "unix"

@@ -32,11 +32,11 @@ from ..wire import ErrorCode
 from . import tlsconn
 from .builtins import MONITORING, builtin_service
 from .config import FROM_CONFIG, FromConfig, ServerConfig, given_settings
-from .connection import ClientConnection
+from .connection import ClientConnection, peer_name
 from .context import ServerContext
 from .listeners import open_tcp_listeners as open_listeners
 from .metrics import UNKNOWN_METHOD, MethodMetrics, counted
-from .proxy import read_proxy_header
+from .proxy import PrefixedStream, read_proxy_header, take_proxy_header
 from .service import Method, Service
 from .session import RECEIVE_SIZE
 
@@ -100,9 +100,6 @@ class Server:
             config = ServerConfig(**overrides)
         elif overrides:
             config = dataclasses.replace(config, **overrides)
-        if config.proxy_protocol and ssl_context is not None:
-            # The header comes in clear before the handshake; not supported (yet).
-            raise ValueError("proxy_protocol cannot be combined with TLS (ssl_context)")
         self.config = config
         # Settings the server itself reads, as attributes (as they have always
         # been); connections read theirs from the context (self.ctx) instead.
@@ -363,30 +360,49 @@ class Server:
             self.connections_rejected += 1
             # Over TLS the rejection (and its notice) goes through the handshake
             # too, all within REJECT_SNIFF_S.
-            await self._reject(self._wrap_tls(stream) if self.ssl_context else stream)
+            await self._reject(stream)
             return None
         # trio's SocketStream already sets TCP_NODELAY.
         if self.ssl_context is None:
             return stream
-        tls = self._wrap_tls(stream)
+        # The PROXY header (in clear, before the handshake) and the handshake count
+        # against max_connections.
         self._handshaking += 1
+        tls: trio.SSLStream[Any] | None = None
+        ok = False
         try:
-            ok = await self._handshake(tls)
+            transport = await self._proxied(stream) if self.proxy_protocol else stream
+            if transport is not None:
+                tls = self._wrap_tls(transport)
+                ok = await self._handshake(tls)
         except BaseException:  # cancelled: the server is stopping
-            await trio.aclose_forcefully(tls)
+            await trio.aclose_forcefully(tls or stream)
             raise
         finally:
             self._handshaking -= 1
-        if ok and not self._draining:
+        if ok and tls is not None and not self._draining:
             return tlsconn.TLSConnection(tls)
-        await trio.aclose_forcefully(tls)
+        await trio.aclose_forcefully(tls or stream)
         return None
 
-    def _wrap_tls(self, stream: trio.SocketStream) -> trio.SSLStream[trio.SocketStream]:
+    async def _proxied(self, stream: trio.SocketStream) -> PrefixedStream | None:
+        """Take a TLS connection's PROXY header: the transport to run TLS over, or None."""
+        taken = await take_proxy_header(
+            functools.partial(stream.receive_some, RECEIVE_SIZE),
+            peer_name(stream),
+            self.ctx,
+            lambda: self._draining,
+        )
+        if taken is None:
+            return None
+        client, first = taken
+        return PrefixedStream(stream, first, client)
+
+    def _wrap_tls(self, stream: trio.abc.Stream) -> trio.SSLStream[Any]:
         assert self.ssl_context is not None
         return trio.SSLStream(stream, self.ssl_context, server_side=True)
 
-    async def _handshake(self, tls: trio.SSLStream[trio.SocketStream]) -> bool:
+    async def _handshake(self, tls: trio.SSLStream[Any]) -> bool:
         """Complete a TLS handshake; log a failure once, at info.
 
         A plaintext client, a client certificate from another CA, or a
@@ -397,7 +413,7 @@ class Server:
         if failure is None:
             return True
         self.tls_handshake_failures += 1
-        peer = _peer(tls.transport_stream)
+        peer = peer_name(tls)
         log.info(
             "connection %s: TLS handshake failed: %s",
             peer,
@@ -406,7 +422,7 @@ class Server:
         )
         return False
 
-    async def _reject(self, stream: trio.abc.Stream) -> None:
+    async def _reject(self, stream: trio.SocketStream) -> None:
         """Over max_connections: tell a framed client why, then close."""
         self.count_error(ErrorCode.OVERLOADED)
         self._rejects_unlogged += 1
@@ -425,25 +441,32 @@ class Server:
         finally:
             await trio.aclose_forcefully(stream)  # also when cancelled: never leak the socket
 
-    async def _tell_overloaded(self, stream: trio.abc.Stream) -> None:
+    async def _tell_overloaded(self, stream: trio.SocketStream) -> None:
         """Send the overloaded notice to a framed client whose preamble comes within 1 s."""
         with trio.move_on_after(REJECT_SNIFF_S):
             prefix = b""
+            transport: trio.abc.Stream = stream
             try:
                 if self.proxy_protocol:
                     header = await read_proxy_header(
                         functools.partial(stream.receive_some, RECEIVE_SIZE), timeout=math.inf
                     )
-                    # No valid header: anything but the preamble, so just close.
-                    prefix = header[1][: len(wire.PREAMBLE)] if isinstance(header, tuple) else b"-"
+                    if not isinstance(header, tuple):
+                        return  # no valid header: just close
+                    if self.ssl_context is not None:
+                        transport = PrefixedStream(stream, header[1], None)
+                    else:
+                        prefix = header[1][: len(wire.PREAMBLE)]
+                if self.ssl_context is not None:
+                    transport = self._wrap_tls(transport)
                 # Any version's preamble: the notice is a v1 frame, which every client reads.
                 while len(prefix) < len(wire.PREAMBLE) and wire.MAGIC.startswith(prefix[:7]):
-                    data = await stream.receive_some(len(wire.PREAMBLE) - len(prefix))
+                    data = await transport.receive_some(len(wire.PREAMBLE) - len(prefix))
                     if not data:
                         break
                     prefix += data
                 if wire.preamble_version(prefix) is not None:
-                    await stream.send_all(
+                    await transport.send_all(
                         wire.encode_error(
                             None,
                             ErrorCode.OVERLOADED,
@@ -537,13 +560,3 @@ async def serve_stream(
 ) -> None:
     """Serve one connection over any Trio stream with a fresh :class:`Server`."""
     await Server(service, **options).serve_stream(stream)
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        name = stream.socket.getpeername()
-    except OSError:
-        return "<unknown>"
-    if isinstance(name, tuple):
-        return f"{name[0]}:{name[1]}"
-    return str(name) or "unix"
