@@ -15,7 +15,7 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.errors import remote_error
 
-from helpers import EXCEPTIONS, Peer, tcp_server
+from helpers import EXCEPTIONS, Peer, run_python, server_thread, tcp_server
 
 HELLO = {"protocol": 1, "server": "fake", "max_frame": wire.DEFAULT_MAX_FRAME, "max_inflight": 128}
 
@@ -486,3 +486,44 @@ async def test_raising_callback_closes_the_connection() -> None:
             with pytest.raises(trio_echo.ConnectionClosed, match="callback") as info:
                 await client.call("echo", 1)
         assert isinstance(info.value.__cause__, RuntimeError)
+
+
+# Run in a process of its own: the Ctrl-C goes to the main task of its trio.run.
+_CTRL_C_AS_A_CALL_REGISTERS = r"""
+import signal, sys
+import trio, trio_echo
+
+async def main(port):
+    async with trio_echo.open_client("127.0.0.1", port) as client:
+        conn = client._current
+        real = conn._core.request
+
+        def request(*args):  # a Ctrl-C landing just after the call registered
+            conn._core.request = real
+            made = real(*args)
+            signal.raise_signal(signal.SIGINT)
+            return made
+
+        conn._core.request = request
+        try:
+            await client.call("echo", "first")
+        except KeyboardInterrupt:
+            pass
+        else:
+            sys.exit("no KeyboardInterrupt")
+        me = trio.lowlevel.current_task()
+        assert conn._reading is not me, "the read role is still taken"
+        assert me not in conn.core.pending.values(), "a live msgid is left behind"
+        assert await client.call("echo", "second") == "second"
+        print("ok")
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+def test_ctrl_c_as_a_call_registers_lands_at_its_checkpoint() -> None:
+    # The call path is KI-protected: the interrupt is delivered where the call waits,
+    # and the call cancels itself as any cancelled call does, leaving nothing taken.
+    with server_thread() as running:
+        result = run_python(_CTRL_C_AS_A_CALL_REGISTERS, str(running.port))
+    assert result.stdout.strip() == "ok", result.stderr

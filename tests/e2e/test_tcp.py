@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import msgpack
 import pytest
@@ -16,7 +14,7 @@ import trio_echo
 from trio_echo import Server, Service, wire
 from trio_echo.wire import Response
 
-from helpers import Peer, ServerProcess, framed_peer, raw_bytes, tcp_server
+from helpers import Peer, ServerProcess, framed_peer, raw_bytes, run_python, tcp_server
 
 NC = ["nc", "-N", "127.0.0.1"]
 
@@ -159,12 +157,7 @@ session.close()
 def test_third_party_msgpack_rpc_client_pynvim() -> None:
     # pynvim's event loop wants a main thread of its own, so it runs in a subprocess.
     with ServerProcess() as srv:
-        out = subprocess.run(
-            [sys.executable, "-c", PYNVIM_SCRIPT, str(srv.port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_python(PYNVIM_SCRIPT, str(srv.port))
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines() == ["'from pynvim'", "[1, 2.5, None]"]
         assert srv.stop() == 0

@@ -35,6 +35,7 @@ from .servers import (
     free_port,
     memory_server,
     run_cli,
+    run_python,
     serve_fails,
     tcp_server,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "read_to_eof",
     "reset",
     "run_cli",
+    "run_python",
     "same",
     "server_thread",
     "set_linger_zero",

@@ -57,6 +57,17 @@ def run_cli(
     )
 
 
+def run_python(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c SCRIPT ARGS`` to completion (for what needs a process of its own)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def serve_fails(*args: str, pass_fds: tuple[int, ...] = ()) -> tuple[int, str]:
     """Run ``python -m trio_echo serve ARGS`` expecting it to exit at startup: (code, stderr)."""
     import subprocess

@@ -47,6 +47,11 @@ parking lot; the stream queues its credit, items and end for the writer like
 any message. Credit is granted as the application takes items, never as they
 arrive, so a slow consumer holds the server's producer back.
 
+Ctrl-C: the call path is KI-protected (``trio.lowlevel.enable_ki_protection``),
+so a KeyboardInterrupt reaches a call where it waits for its reply, and the
+call cancels itself there as any cancelled call does, never halfway through
+its bookkeeping (which would leave its msgid or the read role taken).
+
 The internal tasks never raise: a failure is recorded on the connection,
 every pending call fails at once with :class:`ConnectionClosed`, and the
 tasks exit. So the body of ``async with open_client(...)`` sees plain
@@ -193,6 +198,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
 
     # -- calls -----------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     def call(
         self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
     ) -> Awaitable[Any]:
@@ -242,6 +248,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             self._queue(cancel)
         return trio.lowlevel.Abort.SUCCEEDED
 
+    @trio.lowlevel.enable_ki_protection
     async def _wait_for_reply(
         self, abort: Callable[[trio.lowlevel.RaiseCancelT], trio.lowlevel.Abort],
         timeout: float, attempts: Attempts,
@@ -250,6 +257,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
             return await trio.lowlevel.wait_task_rescheduled(abort)
         raise attempts.expired()
 
+    @trio.lowlevel.enable_ki_protection
     async def _call_when_room(
         self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
     ) -> Any:
@@ -361,6 +369,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
 
     # -- the caller reads ----------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def _call_reading(
         self, method: str, params: tuple[Any, ...], timeout: float | None, attempts: Attempts
     ) -> Any:
@@ -394,6 +403,7 @@ class Connection(ClientBase[trio.lowlevel.Task]):
                 if core.pending:
                     self._reader_lot.unpark()  # others wait for replies: the reader takes over
 
+    @trio.lowlevel.enable_ki_protection
     async def _read_own_reply(self, msgid: int, task: trio.lowlevel.Task) -> Any:
         """Read until the reply to ``msgid`` arrives, waking the callers of the others."""
         core = self._core
@@ -767,6 +777,7 @@ class Client(ClientFront[trio.lowlevel.Task]):
 
     # -- public API ------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         """Call ``method`` with positional ``params`` and return its result.
 
