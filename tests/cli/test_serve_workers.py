@@ -11,7 +11,7 @@ from trio_echo import wire
 from trio_echo.server.supervisor import EARLY_DEATH_S
 from trio_echo.wire import Response
 
-from helpers import ServerProcess, SyncPeer
+from helpers import ServerProcess, SyncPeer, run_python
 
 
 def framed_peer(port: int) -> SyncPeer:
@@ -129,6 +129,40 @@ def test_workers_that_drained_before_the_supervisor_heard_the_signal_are_not_res
         assert srv.wait() == 0, "".join(srv.log)
     started = [line for line in srv.log if "trio-echo listening on" in line]
     assert len(started) == 2, "".join(srv.log)  # the two first workers, no others
+
+
+# A worker (serve_until_signalled with a ready fd) in a process of its own.
+_WORKER_SIGNALLED_AFTER_ITS_DRAIN = r"""
+import os, signal
+import trio
+from trio_echo import Server
+from trio_echo.cli.serve import serve_until_signalled
+
+async def main():
+    ready, ready_w = os.pipe()
+
+    async def stop_once_listening():
+        await trio.to_thread.run_sync(os.read, ready, 1)  # the worker's "listening" byte
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's drain
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_once_listening)
+        code = await serve_until_signalled(Server(), 0, ready_fd=ready_w)
+    print("drained", code, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # a late copy of a group-wide SIGTERM, as it exits
+    print("still exiting cleanly", flush=True)
+
+trio.run(main)
+"""
+
+
+def test_a_worker_that_drained_ignores_a_late_sigterm_as_it_exits() -> None:
+    # The race a fresh-clone run met: a worker drained (SIGTERM from the group) and was
+    # exiting when the supervisor's copy of the signal arrived; Trio had handed SIGTERM
+    # back to its default action, the worker died of it (-15) and the supervisor exited 1.
+    result = run_python(_WORKER_SIGNALLED_AFTER_ITS_DRAIN)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["drained 0", "still exiting cleanly"]
 
 
 def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once() -> None:

@@ -381,6 +381,10 @@ async def serve_until_signalled(
         # every process of the group, and the supervisor passes the signal on too:
         # counting both as "again" would force a stop instead of a drain.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ignored, too, once the signal receiver below hands SIGTERM back: the copy a
+        # group-wide signal sends through the supervisor can arrive after this worker
+        # drained, as it exits, and must not turn its clean exit into a kill (-15).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         watched = [signal.SIGTERM, signal.SIGUSR1]
     listeners, unix_file = await open_all_listeners(
         config.host,
