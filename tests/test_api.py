@@ -11,7 +11,7 @@ import pytest
 
 import trio_echo
 
-from helpers import ROOT
+from helpers import ROOT, run_python
 
 SRC = ROOT / "src" / "trio_echo"
 
@@ -21,15 +21,8 @@ def test_every_export_resolves() -> None:
         assert getattr(trio_echo, name) is not None, name
 
 
-def _python(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter, where nothing has been imported yet."""
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_the_blocking_client_imports_no_trio() -> None:
-    done = _python(
+    done = run_python(
         "import sys, trio_echo\n"
         "assert 'trio' not in sys.modules, 'import trio_echo'\n"
         "trio_echo.connect, trio_echo.BlockingClient, trio_echo.RemoteError, trio_echo.wire\n"
@@ -43,7 +36,7 @@ def test_the_blocking_client_imports_no_trio() -> None:
 
 
 def test_public_names_are_lazy_but_complete() -> None:
-    done = _python(
+    done = run_python(
         "import sys, trio_echo\n"
         "names = set(trio_echo.__all__)\n"
         "assert names <= set(dir(trio_echo)), names - set(dir(trio_echo))\n"

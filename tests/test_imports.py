@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ast
 import importlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, run_python
 
 SRC = ROOT / "src"
 PACKAGE = SRC / "trio_echo"
@@ -218,7 +216,5 @@ def test_each_module_imports_alone() -> None:
             "    alone(name)",
         ]
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_python(script, timeout=120)
     assert done.returncode == 0, done.stderr

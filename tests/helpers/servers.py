@@ -58,7 +58,8 @@ def run_cli(
 
 
 def run_python(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -c SCRIPT ARGS`` to completion (for what needs a process of its own)."""
+    """Run ``python -c SCRIPT ARGS`` to completion in a fresh interpreter (for what needs
+    a process of its own, or one where nothing has been imported yet)."""
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
